@@ -1,0 +1,89 @@
+"""The ``sia`` command: ``sia bench scan``, ``sia train-value``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+_DTYPES = {"f32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+           "f16": "float16", "float16": "float16"}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not out or any(x < 1 for x in out):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return out
+
+
+def _dtype_list(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [n for n in names if n not in _DTYPES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"dtypes must be among {sorted(set(_DTYPES))}, got {text!r}")
+    return [_DTYPES[n] for n in names]
+
+
+def _bench_scan(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import run_scan_bench
+
+    run_scan_bench(
+        device=args.device,
+        batches=args.batches,
+        dtypes=[getattr(torch, d) for d in args.dtypes],
+        vocab=args.vocab,
+        k=args.k,
+        tau=args.tau,
+        methods=args.methods.split(",") if args.methods else None,
+        compile_=not args.no_compile,
+        csv_path=None if args.csv == "-" else args.csv,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sia", description="Sparse Inference-time Alignment kernels and decoder")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="microbenchmarks").add_subparsers(dest="what", required=True)
+    scan = bench.add_parser("scan", help="junction_scan: every backend vs the eager composite and torch.compile")
+    scan.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    scan.add_argument("--batches", type=_int_list, default=[1, 8, 64, 256], help="comma-separated B values")
+    scan.add_argument("--dtypes", type=_dtype_list, default=["float32", "bfloat16"], help="e.g. f32,bf16")
+    scan.add_argument("--vocab", type=int, default=151_936)
+    scan.add_argument("--k", type=int, default=10)
+    scan.add_argument("--tau", type=float, default=1.0)
+    scan.add_argument("--methods", default=None, help="comma-separated subset (eager and read_floor always run)")
+    scan.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    scan.add_argument("--csv", default="bench/results/scan.csv", help="CSV to append to ('-' for none)")
+    scan.set_defaults(func=_bench_scan)
+
+    from .value.train import add_train_value_args, train_value_main
+
+    tv = sub.add_parser("train-value", help="train a token-level value model (LoRA through peft)")
+    add_train_value_args(tv)
+    tv.set_defaults(func=train_value_main)
+    return p
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"sia: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
