@@ -178,7 +178,7 @@ def test_missing_checkpoint_files_are_listed(tmp_path):
 def test_plain_and_reward_model_round_trips(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from conftest import tiny_config
+    from .conftest import tiny_config
 
     plain = ValueModel(tiny_causal_lm("gpt2")).eval()
     torch.manual_seed(0)
