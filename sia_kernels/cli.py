@@ -1,4 +1,4 @@
-"""The ``sia`` command: ``sia bench scan``, ``sia train-value``."""
+"""The ``sia`` command: ``sia bench scan``, ``sia generate``, ``sia train-value``."""
 from __future__ import annotations
 
 import argparse
@@ -62,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--csv", default="bench/results/scan.csv", help="CSV to append to ('-' for none)")
     scan.set_defaults(func=_bench_scan)
 
+    from .decoding.cli import add_generate_args, generate_main
     from .value.train import add_train_value_args, train_value_main
+
+    gen = sub.add_parser("generate", help="SIA decoding of a jsonl file of prompts")
+    add_generate_args(gen)
+    gen.set_defaults(func=generate_main)
 
     tv = sub.add_parser("train-value", help="train a token-level value model (LoRA through peft)")
     add_train_value_args(tv)

@@ -1,0 +1,374 @@
+"""The batched SIA generation loop: small pure functions and one loop (gpt-fast style).
+
+``prefill`` runs the prompt through the base model (its Hugging Face KV cache, position ids from
+the attention mask so left padding is exact); ``decode_one_token`` feeds one token per row;
+:func:`~sia_kernels.decoding.step.decode_step` does gate → scan → value → steer → append.
+Rows stop independently at EOS (padded after it, as Hugging Face does); the loop ends when every
+row has finished or ``max_new_tokens`` is reached. One host sync per step (``read_step``).
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..config import MODEL_DEFAULT, SIAConfig
+from .profiling import phase
+from .step import DecodeState, StepStats, decode_step
+
+__all__ = [
+    "generate", "GenerationResult", "GenerationStats", "RowStats", "prefill", "decode_one_token",
+    "prepare_inputs", "resolve_special_tokens", "calibrate_tau", "count_parameters",
+]
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class RowStats:
+    """One row. ``tokens`` counts generated tokens up to and including EOS; ``base_token_forwards``
+    the row's real tokens run through the base model; ``value_token_forwards`` the value-model
+    token-forwards spent on the row (its catch-up / prefix tokens, plus k per junction)."""
+
+    tokens: int
+    junctions: int
+    intervention_rate: float
+    base_token_forwards: int
+    value_token_forwards: int
+    finished: bool  # stopped at EOS
+
+
+@dataclass
+class GenerationStats:
+    """Totals. ``*_padded_token_forwards`` count every position computed (padding included);
+    FLOPs are ``2 · parameters · padded token-forwards`` for each model. Times are host wall
+    seconds per phase (see :mod:`~sia_kernels.decoding.profiling` on CUDA timing)."""
+
+    rows: int
+    tokens: int
+    junctions: int
+    intervention_rate: float
+    steps: int
+    tau: float
+    base_token_forwards: int
+    base_padded_token_forwards: int
+    value_token_forwards: int
+    value_padded_token_forwards: int
+    value_calls: int
+    value_rows_scored: int
+    base_parameters: int
+    value_parameters: int
+    flops_base: float
+    flops_value: float
+    flops_total: float
+    wall_time: float
+    tokens_per_s: float
+    times: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GenerationResult:
+    """``sequences [B, P + T]``: Hugging Face's layout (the prompt left-padded as given, then the
+    new tokens, pad after EOS). ``texts``: the decoded new tokens (with a tokenizer)."""
+
+    sequences: torch.Tensor
+    prompt_width: int
+    prompt_mask: torch.Tensor  # [B, P] bool: the prompt's real tokens
+    texts: list[str] | None
+    row_stats: list[RowStats]
+    stats: GenerationStats
+    steps: list[StepStats]
+
+    @property
+    def new_tokens(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_width:]
+
+
+# ---------------------------------------------------------------- inputs
+
+def _context_length(model) -> int | None:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def resolve_special_tokens(model, tokenizer, config: SIAConfig) -> tuple[list[int] | None, int]:
+    """``(eos ids or None, pad id)``: config's EOS, else the model's generation_config / config,
+    else the tokenizer's; pad from generation_config, the tokenizer, the first EOS, else 0."""
+    gen = getattr(model, "generation_config", None)
+
+    def first(*xs):
+        return next((x for x in xs if x is not None), None)
+
+    if config.eos_token_id is MODEL_DEFAULT:
+        eos = first(getattr(gen, "eos_token_id", None), getattr(model.config, "eos_token_id", None),
+                    getattr(tokenizer, "eos_token_id", None))
+    else:
+        eos = config.eos_token_id
+    eos = None if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
+    pad = first(getattr(gen, "pad_token_id", None), getattr(tokenizer, "pad_token_id", None),
+                eos[0] if eos else None, 0)
+    return eos, int(pad if isinstance(pad, int) else list(pad)[0])
+
+
+def _pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, L - len(s):] = True
+    return ids.to(device), mask.to(device)
+
+
+def prepare_inputs(model, *, input_ids=None, attention_mask=None, prompts=None, tokenizer=None,
+                   config: SIAConfig, pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``ids [B, P]`` i64 and ``mask [B, P]`` bool on the model's device, validated:
+    a non-empty batch, no empty prompt, prompt + max_new_tokens within the model's context."""
+    device = _device_of(model)
+    if (input_ids is None) == (prompts is None):
+        raise ValueError("give exactly one of input_ids= or prompts=")
+    if prompts is not None:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise ValueError("prompts must be a non-empty list of strings")
+        if tokenizer is None:
+            raise ValueError("prompts= needs tokenizer=")
+        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+        if bad:
+            raise TypeError(f"prompt {bad[0]} is a {type(prompts[bad[0]]).__name__}, not a string")
+        seqs = [list(tokenizer(p)["input_ids"]) for p in prompts]
+        empty = [i for i, s in enumerate(seqs) if not s]
+        if empty:
+            raise ValueError(f"prompt {empty[0]} is empty (no tokens)")
+        ids, mask = _pad_left(seqs, pad_token_id, device)
+    else:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError("input_ids must be an int64 tensor [B, P]")
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be a non-empty [B, P] tensor, got shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}")
+        ids, mask = input_ids.to(device).long(), attention_mask.to(device).bool()
+        lengths = mask.sum(-1)
+        if bool((lengths == 0).any()):
+            raise ValueError(f"prompt {int((lengths == 0).nonzero()[0])} is empty (attention_mask all 0)")
+        if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+            raise ValueError("prompts must be left-padded (attention_mask 0s before the 1s in every row)")
+        vocab = model.config.get_text_config().vocab_size
+        if int(ids[mask].min()) < 0 or int(ids[mask].max()) >= vocab:
+            raise ValueError(f"input_ids hold token ids outside the base model's vocabulary [0, {vocab})")
+    ctx = _context_length(model)
+    longest = int(mask.sum(-1).max())
+    if ctx is not None and longest + config.max_new_tokens > ctx:
+        raise ValueError(
+            f"a prompt of {longest} tokens plus max_new_tokens={config.max_new_tokens} exceeds the model's "
+            f"context of {ctx} positions" + ("; lower max_new_tokens" if longest < ctx else "; shorten the prompt")
+        )
+    return ids, mask
+
+
+def _check_models(model, value_model, tokenizer, config: SIAConfig) -> None:
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model must be a Hugging Face causal LM, got {type(model).__name__}")
+    if config.gate == "never":
+        return
+    if value_model is None:
+        raise TypeError(f"gate={config.gate!r} needs a value model (only gate='never' runs without one)")
+    from ..value import check_compatible
+
+    dev, vdev = _device_of(model), value_model.device
+    if dev != vdev:
+        raise ValueError(f"the base model is on {dev} but the value model is on {vdev}; move them to one device")
+    check_compatible(tokenizer if tokenizer is not None else model, value_model)
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+# ---------------------------------------------------------------- the base model
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
+def _forward_kwargs(model) -> tuple[str, bool]:
+    params = inspect.signature(model.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
+
+
+def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, kv) -> torch.Tensor:
+    """Run the prompt ``[B, P]`` into the KV cache ``kv``; return the next-token logits ``[B, V]``.
+
+    Position ids count real tokens (left padding: pads sit at 0), as Hugging Face's generate does.
+    """
+    cache_kw, keep = _forward_kwargs(model)
+    pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(~attention_mask.bool(), 0)
+    extra = {"logits_to_keep": 1} if keep else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                use_cache=True, **{cache_kw: kv}, **extra)
+    return out.logits[:, -1]
+
+
+def decode_one_token(model, tokens: torch.Tensor, attention_mask: torch.Tensor, kv) -> torch.Tensor:
+    """Feed ``tokens [B]`` (``attention_mask [B, L]`` already includes them); logits ``[B, V]``."""
+    cache_kw, _ = _forward_kwargs(model)
+    pos = attention_mask.long().sum(-1, keepdim=True) - 1
+    out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=pos,
+                use_cache=True, **{cache_kw: kv})
+    return out.logits[:, -1]
+
+
+# ---------------------------------------------------------------- the loop
+
+def _decode(model, value_model, state: DecodeState, config: SIAConfig) -> tuple[list[StepStats], int]:
+    """The one loop. Returns the step stats and the number of base decode forwards."""
+    kv = _new_cache(model)
+    steps: list[StepStats] = []
+    forwards = 0
+    with phase("base_forward", state.times):
+        logits = prefill(model, state.ids, state.mask, kv)
+    for t in range(config.max_new_tokens):
+        tokens, st = decode_step(logits, state, value_model, config)
+        if st.all_finished:
+            break
+        steps.append(st)
+        if t + 1 == config.max_new_tokens:
+            break
+        with phase("base_forward", state.times):
+            logits = decode_one_token(model, tokens, state.mask, kv)
+        forwards += 1
+    return steps, forwards
+
+
+def calibrate_tau(model, *, input_ids, attention_mask, config: SIAConfig, eos_token_id=None,
+                  pad_token_id: int = 0) -> float:
+    """The entropy threshold that makes a share ``config.rate`` of decode steps junctions.
+
+    Decodes the calibration batch with the base model alone (gate "never"), collects the entropy
+    of every active row at every step, and returns its ``1 - rate`` quantile (rate 0: +inf,
+    rate 1: -inf).
+    """
+    if config.rate is None:
+        raise ValueError("calibrate_tau needs config.rate")
+    if config.rate <= 0:
+        return float("inf")
+    if config.rate >= 1:
+        return float("-inf")
+    base = config.replace(gate="never", rate=None, first_n=None)
+    state = DecodeState(input_ids, attention_mask, None, base, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    with torch.no_grad():
+        steps, _ = _decode(model, None, state, base)
+    active = [st.entropy[torch.tensor([not f for f in st.finished], device=st.entropy.device)] for st in steps]
+    ent = torch.cat(active).double()
+    return float(torch.quantile(ent, 1.0 - config.rate))
+
+
+def generate(model, value_model=None, *, input_ids=None, attention_mask=None, prompts=None, tokenizer=None,
+             config: SIAConfig, teacher_tokens=None) -> GenerationResult:
+    """SIA generation for a batch of prompts (DESIGN.md §4).
+
+    model: a Hugging Face causal LM. value_model: a :class:`~sia_kernels.value.ValueModel`
+    (None only for ``gate="never"``). Give ``input_ids [B, P]`` (+ ``attention_mask``, left
+    padding) or ``prompts`` (strings) with ``tokenizer``. ``gate="target_rate"`` first calibrates
+    tau on this batch (:func:`calibrate_tau`, one base-only decode).
+
+    teacher_tokens: for tests, ``[B, T]`` tokens to force at steps ``0..T-1``, or a callable
+    ``(step, tokens [B]) -> tokens [B] | None``; gates and values still run on the forced path.
+    """
+    if not isinstance(config, SIAConfig):
+        raise TypeError(f"config must be an SIAConfig, got {type(config).__name__}")
+    _check_models(model, value_model, tokenizer, config)
+    eos, pad = resolve_special_tokens(model, tokenizer, config)
+    ids, mask = prepare_inputs(model, input_ids=input_ids, attention_mask=attention_mask, prompts=prompts,
+                               tokenizer=tokenizer, config=config, pad_token_id=pad)
+    t0 = time.perf_counter()
+    tau = None
+    if config.gate == "target_rate":
+        tau = calibrate_tau(model, input_ids=ids, attention_mask=mask, config=config, eos_token_id=eos, pad_token_id=pad)
+    vm = value_model if config.gate != "never" else None
+    state = DecodeState(ids, mask, vm, config, eos_token_id=eos, pad_token_id=pad, tau=tau)
+    if teacher_tokens is not None:
+        state.token_hook = _teacher_hook(teacher_tokens)
+    before = _counters(vm)
+    with torch.no_grad():
+        steps, forwards = _decode(model, vm, state, config)
+    wall = time.perf_counter() - t0
+    return _result(model, vm, state, steps, forwards, before, wall, tokenizer)
+
+
+def _teacher_hook(teacher_tokens):
+    if callable(teacher_tokens):
+        return teacher_tokens
+    forced = teacher_tokens
+
+    def hook(step, tokens):
+        return forced[:, step] if step < forced.shape[1] else None
+
+    return hook
+
+
+def _counters(vm) -> tuple[int, int, int, int]:
+    if vm is None:
+        return (0, 0, 0, 0)
+    c = vm.counters
+    return (c.token_forwards, c.padded_token_forwards, c.calls, c.rows_scored)
+
+
+def _result(model, vm, state: DecodeState, steps, forwards, before, wall, tokenizer) -> GenerationResult:
+    B, P = state.batch_size, state.prompt_width
+    tokens = state.tokens_generated()
+    finished = state.finished.tolist()
+    rows = [
+        RowStats(
+            tokens=n,
+            junctions=state.row_junctions[b],
+            intervention_rate=state.row_junctions[b] / n if n else 0.0,
+            base_token_forwards=state.prompt_lengths[b] + max(n - 1, 0),
+            value_token_forwards=state.row_value_tokens[b],
+            finished=bool(finished[b]),
+        )
+        for b, n in enumerate(tokens)
+    ]
+    after = _counters(vm)
+    vtok, vpad, vcalls, vrows = (a - b for a, b in zip(after, before))
+    base_pad = B * P + B * forwards
+    p_base, p_value = count_parameters(model), count_parameters(vm)
+    total_tokens = sum(tokens)
+    junctions = sum(r.junctions for r in rows)
+    stats = GenerationStats(
+        rows=B, tokens=total_tokens, junctions=junctions,
+        intervention_rate=junctions / total_tokens if total_tokens else 0.0,
+        steps=len(steps), tau=state.tau,
+        base_token_forwards=sum(r.base_token_forwards for r in rows), base_padded_token_forwards=base_pad,
+        value_token_forwards=vtok, value_padded_token_forwards=vpad, value_calls=vcalls, value_rows_scored=vrows,
+        base_parameters=p_base, value_parameters=p_value,
+        flops_base=2.0 * p_base * base_pad, flops_value=2.0 * p_value * vpad,
+        flops_total=2.0 * (p_base * base_pad + p_value * vpad),
+        wall_time=wall, tokens_per_s=total_tokens / wall if wall > 0 else 0.0, times=dict(state.times),
+    )
+    texts = None
+    if tokenizer is not None:
+        new = state.ids[:, P:].tolist()
+        texts = [tokenizer.decode(new[b][:tokens[b]], skip_special_tokens=True) for b in range(B)]
+    return GenerationResult(sequences=state.ids, prompt_width=P, prompt_mask=state.mask[:, :P], texts=texts, row_stats=rows, stats=stats, steps=steps)
