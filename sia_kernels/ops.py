@@ -129,7 +129,7 @@ def _check_user_tensors(tau: torch.Tensor | None = None, temperature: torch.Tens
             raise ValueError(msg)
 
 
-def _check_lse(lse: torch.Tensor) -> None:
+def check_rows(lse: torch.Tensor) -> None:
     """Bad rows show in the ``[B]`` lse (NaN, or +-inf): one small host read, no extra pass."""
     bad = ~torch.isfinite(lse)
     if bool(bad.any()):
@@ -189,6 +189,17 @@ def junction_scan(
     Rows with NaN, +inf or no finite logit raise ValueError naming the row; the check reads
     the ``[B]`` lse back (one small host sync); ``num_junctions`` stays on the device.
     """
+    return _junction_scan(
+        logits, k=k, tau=tau, temperature=temperature, entropy_scope=entropy_scope,
+        sample_from=sample_from, greedy=greedy, generator=generator, backend=backend, host_checks=True,
+    )
+
+
+def _junction_scan(logits, *, k, tau, temperature, entropy_scope, sample_from, greedy, generator, backend,
+                   host_checks: bool) -> JunctionScan:
+    """``junction_scan``; with ``host_checks=False`` it reads nothing back: the caller vouches
+    for the values in its tau/temperature tensors and folds ``check_rows`` into its own sync
+    (the decoder does, in its one read per step)."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
@@ -210,17 +221,16 @@ def junction_scan(
     if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     temp_t = _per_row(temperature, "temperature", b, device, allow_inf=False)
-    _check_user_tensors(
-        tau_t if isinstance(tau, torch.Tensor) else None,
-        temp_t if isinstance(temperature, torch.Tensor) else None,
-    )
+    if host_checks:
+        _check_user_tensors(
+            tau_t if isinstance(tau, torch.Tensor) else None,
+            temp_t if isinstance(temperature, torch.Tensor) else None,
+        )
     if greedy:
         temp_t = torch.zeros_like(temp_t)
     name, scan = resolve_backend(backend, device)
     if b == 0:
         return _empty_scan(device, k)
-    if v == 0:
-        raise ValueError("logits must have V >= 1 columns")
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     if name != "reference" and logits.dtype not in _FAST_DTYPES:
@@ -234,7 +244,8 @@ def junction_scan(
         sample_from=sample_from,
         generator=generator,
     )
-    _check_lse(out.lse)
+    if host_checks:
+        check_rows(out.lse)
     return out
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import SIAConfig
-from ..ops import junction_scan, steer
+from ..ops import _junction_scan, check_rows, steer
 from ..types import JunctionScan
 from .profiling import phase
 
@@ -253,12 +253,16 @@ class DecodeState:
 # ---------------------------------------------------------------- the step
 
 def read_step(scan: JunctionScan, state: DecodeState) -> tuple[int, list[int], list[bool]]:
-    """The step's one host sync: ``J``, the junction rows ``[:J]`` and the finished mask (as
-    of the end of the previous step), read back in one transfer."""
+    """The step's one host sync: ``J``, whether any row's logits were bad (NaN, +inf, no finite
+    entry: seen in the ``[B]`` lse), the finished mask (as of the end of the previous step) and
+    the junction rows ``[:J]``, read back in one transfer."""
     B = state.batch_size
-    packed = torch.cat([scan.num_junctions.long(), state.finished.long(), scan.junction_rows]).tolist()
+    bad = (~torch.isfinite(scan.lse)).any().long().reshape(1)
+    packed = torch.cat([scan.num_junctions.long(), bad, state.finished.long(), scan.junction_rows]).tolist()
+    if packed[1]:
+        check_rows(scan.lse)  # raises, naming the row
     J = packed[0]
-    return J, packed[1 + B:1 + B + J], [bool(x) for x in packed[1:1 + B]]
+    return J, packed[2 + B:2 + B + J], [bool(x) for x in packed[2:2 + B]]
 
 
 def plan_step(logits: torch.Tensor, state: DecodeState, value_model, config: SIAConfig):
@@ -273,9 +277,11 @@ def plan_step(logits: torch.Tensor, state: DecodeState, value_model, config: SIA
     times = state.times
     with phase("scan", times):
         tau = gate_tau(state, config)
-        scan = junction_scan(
+        # tau comes from the gate (validated numbers, +-inf); the lse check rides on read_step.
+        scan = _junction_scan(
             logits, k=config.k, tau=tau, temperature=config.temperature, entropy_scope=config.entropy_scope,
             sample_from=config.sample_from, greedy=config.greedy, generator=state.generator, backend=config.backend,
+            host_checks=False,
         )
         J, rows, finished = read_step(scan, state)
     state.finished_host = finished
