@@ -1,0 +1,76 @@
+// torch op for the CUDA junction scan in csrc/cuda (DESIGN.md §2):
+//   torch.ops.sia_kernels.junction_scan_cuda(logits, k, tau, temperature, entropy_topk, sample_topk,
+//                                            seed [1] i64 on the device) -> 10 tensors (JunctionScan order)
+// Runs on the current stream with no host sync.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../csrc/cuda/junction_scan.cuh"
+
+namespace {
+
+using at::Tensor;
+using Scan = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+Scan junction_scan_cuda(const Tensor& logits, int64_t k, const Tensor& tau, const Tensor& temperature,
+                        bool entropy_topk, bool sample_topk, const Tensor& seed) {
+  TORCH_CHECK(logits.is_cuda() && logits.dim() == 2, "junction_scan_cuda: logits must be a [B, V] CUDA tensor");
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t B = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(V >= 1 && V < (int64_t(1) << 31), "junction_scan_cuda: need 1 <= V < 2^31");
+  TORCH_CHECK(V == 1 || logits.stride(1) == 1, "junction_scan_cuda: logits rows must be unit-stride");
+  TORCH_CHECK(logits.stride(0) >= 0, "junction_scan_cuda: row stride must be >= 0");
+  TORCH_CHECK(1 <= k && k <= V, "junction_scan_cuda: need 1 <= k <= V");
+  sia::CudaScanDType dt;
+  switch (logits.scalar_type()) {
+    case at::kFloat: dt = sia::CudaScanDType::f32; break;
+    case at::kBFloat16: dt = sia::CudaScanDType::bf16; break;
+    case at::kHalf: dt = sia::CudaScanDType::f16; break;
+    default: TORCH_CHECK(false, "junction_scan_cuda: logits must be f32, bf16 or f16, got ", logits.scalar_type());
+  }
+  for (const Tensor* t : {&tau, &temperature}) {
+    TORCH_CHECK(t->device() == logits.device() && t->scalar_type() == at::kFloat && t->dim() == 1 &&
+                    t->size(0) == B && t->is_contiguous(),
+                "junction_scan_cuda: tau and temperature must be contiguous [B] f32 tensors on the logits' device");
+  }
+  TORCH_CHECK(seed.device() == logits.device() && seed.scalar_type() == at::kLong && seed.numel() == 1,
+              "junction_scan_cuda: seed must be a [1] i64 tensor on the logits' device");
+  const auto f32 = logits.options().dtype(at::kFloat);
+  const auto i64 = logits.options().dtype(at::kLong);
+  Tensor entropy = at::empty({B}, f32), lse = at::empty({B}, f32);
+  Tensor gate = at::empty({B}, logits.options().dtype(at::kBool));
+  Tensor topk_ids = at::empty({B, k}, i64), topk_logprobs = at::empty({B, k}, f32);
+  Tensor base_token = at::empty({B}, i64), junction_rows = at::empty({B}, i64);
+  Tensor num_junctions = at::empty({1}, logits.options().dtype(at::kInt));
+  Tensor junction_ids = at::empty({B, k}, i64), junction_logprobs = at::empty({B, k}, f32);
+  Tensor workspace =
+      at::empty({static_cast<int64_t>(sia::junction_scan_cuda_workspace_bytes(B, V, k))}, logits.options().dtype(at::kByte));
+  const cudaError_t err = sia::junction_scan_cuda(
+      logits.data_ptr(), tau.data_ptr<float>(), temperature.data_ptr<float>(), seed.data_ptr<int64_t>(),
+      entropy.data_ptr<float>(), lse.data_ptr<float>(), gate.data_ptr<bool>(), topk_ids.data_ptr<int64_t>(),
+      topk_logprobs.data_ptr<float>(), base_token.data_ptr<int64_t>(), junction_rows.data_ptr<int64_t>(),
+      num_junctions.data_ptr<int32_t>(), junction_ids.data_ptr<int64_t>(), junction_logprobs.data_ptr<float>(),
+      workspace.data_ptr(), B, V, logits.stride(0), k, dt, entropy_topk, sample_topk,
+      c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, "junction_scan_cuda: launch failed: ", cudaGetErrorString(err));
+  return {entropy, lse, gate, topk_ids, topk_logprobs, base_token, junction_rows, num_junctions, junction_ids,
+          junction_logprobs};
+}
+
+}  // namespace
+
+// FRAGMENT: the CPU op (a separate library) adds to the same namespace.
+TORCH_LIBRARY_FRAGMENT(sia_kernels, m) {
+  m.def(
+      "junction_scan_cuda(Tensor logits, int k, Tensor tau, Tensor temperature, bool entropy_topk, "
+      "bool sample_topk, Tensor seed) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(sia_kernels, CUDA, m) { m.impl("junction_scan_cuda", &junction_scan_cuda); }
