@@ -63,8 +63,10 @@ def _check_ids(name, ids, dim, device, vocab_size, mask=None):
     if ids.device != device:
         raise ValueError(f"{name} is on {ids.device} but the value model is on {device}")
     real = ids if mask is None else ids[mask]
-    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab_size):
-        raise ValueError(f"{name} holds token ids outside the value model's vocabulary [0, {vocab_size})")
+    if real.numel():
+        lo, hi = torch.stack(torch.aminmax(real)).tolist()  # one host read
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{name} holds token ids outside the value model's vocabulary [0, {vocab_size})")
 
 
 def _check_mask(name, mask, shape, device):
@@ -378,8 +380,10 @@ class ValueCache:
             raise TypeError(f"{name} must be a 1D int64 tensor of row indices")
         if rows.device != self.model.device:
             raise ValueError(f"{name} is on {rows.device} but the value model is on {self.model.device}")
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.batch_size):
-            raise ValueError(f"{name} holds rows outside [0, {self.batch_size})")
+        if rows.numel():
+            lo, hi = torch.stack(torch.aminmax(rows)).tolist()  # one host read
+            if lo < 0 or hi >= self.batch_size:
+                raise ValueError(f"{name} holds rows outside [0, {self.batch_size})")
         return rows.long()
 
     @torch.no_grad()
