@@ -1,4 +1,4 @@
-"""The ``sia`` command: ``sia bench scan``, ``sia generate``, ``sia train-value``."""
+"""The ``sia`` command: ``sia demo``, ``sia bench scan``, ``sia generate``, ``sia train-value``."""
 from __future__ import annotations
 
 import argparse
@@ -63,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     scan.set_defaults(func=_bench_scan)
 
     from .decoding.cli import add_generate_args, generate_main
+    from .demo import add_demo_args, demo_main
     from .value.train import add_train_value_args, train_value_main
+
+    demo = sub.add_parser("demo", help="train tiny models on the CPU, then compare SIA with dense ARGS, base, "
+                          "random gating and Best-of-N")
+    add_demo_args(demo)
+    demo.set_defaults(func=demo_main)
 
     gen = sub.add_parser("generate", help="SIA decoding of a jsonl file of prompts")
     add_generate_args(gen)
