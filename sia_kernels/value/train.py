@@ -1,5 +1,6 @@
 """Train a token-level value model the paper's way: LoRA (peft) on a backbone plus a scalar head,
-loss ``(mean over response tokens of V(x, y<=t) − R(x, y))²``.
+loss ``(mean over response tokens of V(x, y<=t) − R(x, y))²`` (``loss="sequence"``), or every
+response position regressed on R, ``mean_t (V(x, y<=t) − R)²`` (``loss="token"``).
 
 Python: ``train_value(backbone_or_path, data, out_dir=None, config=ValueTrainConfig(...))``.
 CLI: ``sia train-value --backbone PATH --data train.jsonl --out DIR`` (see ``add_train_value_args``).
@@ -43,6 +44,7 @@ class ValueTrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     max_length: int = 1024
+    loss: str = "sequence"  # "sequence": the paper's (mean_t V_t - R)^2; "token": mean_t (V_t - R)^2
     progress: bool = True
 
     def __post_init__(self):
@@ -59,6 +61,8 @@ class ValueTrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
 
@@ -120,22 +124,36 @@ def _batch(examples, pad_id, device):
     return ids, mask, resp.bool(), reward
 
 
-def value_loss(vm: ValueModel, ids, mask, resp, reward) -> torch.Tensor:
-    """``mean_b (mean_{t in response} V_t − R_b)²``; V from ``vm.values`` ``[B, L]`` f32."""
-    v = vm.values(ids, mask)
+def _sequence_loss(v, resp, reward):
+    """The paper's: ``mean_b (mean_{t in response} V_t − R_b)²``."""
     mean_v = (v * resp).sum(-1) / resp.sum(-1)
     return ((mean_v - reward) ** 2).mean()
 
 
+def _token_loss(v, resp, reward):
+    """Every response position regressed on the trajectory's reward (Monte-Carlo value):
+    ``mean_b mean_{t in response} (V_t − R_b)²``. It pins each V_t, not only their mean."""
+    err = (v - reward[:, None]) ** 2
+    return ((err * resp).sum(-1) / resp.sum(-1)).mean()
+
+
+LOSSES = {"sequence": _sequence_loss, "token": _token_loss}
+
+
+def value_loss(vm: ValueModel, ids, mask, resp, reward, kind: str = "sequence") -> torch.Tensor:
+    """The training loss ``kind`` (see ``LOSSES``); V from ``vm.values`` ``[B, L]`` f32."""
+    return LOSSES[kind](vm.values(ids, mask), resp, reward)
+
+
 @torch.no_grad()
-def _eval_loss(vm, examples, pad_id, batch_size) -> float:
+def _eval_loss(vm, examples, pad_id, batch_size, kind) -> float:
     if not examples:
         return float("nan")
     vm.eval()
     total = 0.0
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        total += float(value_loss(vm, *_batch(chunk, pad_id, vm.device))) * len(chunk)
+        total += float(value_loss(vm, *_batch(chunk, pad_id, vm.device), kind)) * len(chunk)
     return total / len(examples)
 
 
@@ -181,11 +199,12 @@ def train_value(backbone_or_path, data, out_dir=None, config: ValueTrainConfig |
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(targets), bias="none", fan_in_fan_out=model_type == "gpt2")
     vm = ValueModel(get_peft_model(backbone, lora))
+    vm.head.requires_grad_(True)  # peft freezes a sequence-classification model's own score head
     vm.tokenizer = tokenizer
     params = [p for p in vm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    val_initial = _eval_loss(vm, val, pad_id, config.batch_size)
+    val_initial = _eval_loss(vm, val, pad_id, config.batch_size, config.loss)
     history, steps = [], 0
     gen = torch.Generator().manual_seed(config.seed + 1)
     n_batches = math.ceil(len(train) / config.batch_size)
@@ -196,7 +215,7 @@ def train_value(backbone_or_path, data, out_dir=None, config: ValueTrainConfig |
         total = 0.0
         for b in range(n_batches):
             chunk = [train[i] for i in perm[b * config.batch_size:(b + 1) * config.batch_size]]
-            loss = value_loss(vm, *_batch(chunk, pad_id, vm.device))
+            loss = value_loss(vm, *_batch(chunk, pad_id, vm.device), config.loss)
             (loss / config.grad_accum).backward()
             total += float(loss.detach()) * len(chunk)
             if (b + 1) % config.grad_accum == 0 or b + 1 == n_batches:
@@ -206,7 +225,7 @@ def train_value(backbone_or_path, data, out_dir=None, config: ValueTrainConfig |
                 steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        val_loss = _eval_loss(vm, val, pad_id, config.batch_size)
+        val_loss = _eval_loss(vm, val, pad_id, config.batch_size, config.loss)
         history.append({"epoch": epoch + 1, "train_loss": total / len(train), "val_loss": val_loss})
         bar.set_postfix(loss=f"{total / len(train):.4f}", val=f"{val_loss:.4f}")
     bar.close()
@@ -245,6 +264,8 @@ def add_train_value_args(parser: argparse.ArgumentParser) -> None:
             default = getattr(defaults, f.name)
             parser.add_argument(flags[f.name], dest=f.name, type=type(default), default=default,
                                 help=f"default {default}")
+    parser.add_argument("--loss", choices=sorted(LOSSES), default=defaults.loss,
+                        help="sequence: the paper's (mean_t V_t - R)^2; token: mean_t (V_t - R)^2")
     parser.add_argument("--target-modules", nargs="+", default=None,
                         help="LoRA target modules (default: the family's attention projections)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -191,3 +191,27 @@ def test_plain_and_reward_model_round_trips(tmp_path):
         assert type(loaded.backbone) is type(vm.backbone)
         with torch.no_grad():
             torch.testing.assert_close(loaded.values(ids), vm.values(ids), atol=0, rtol=0)
+
+
+def test_token_loss_trains_every_position():
+    tok = word_tokenizer([f"t{i}" for i in range(2, VOCAB)])
+    vm, metrics = train_value(tiny_causal_lm("llama"), synthetic_rows(200), tokenizer=tok,
+                              config=ValueTrainConfig(epochs=5, loss="token", **FAST))
+    assert metrics["config"]["loss"] == "token"
+    assert metrics["val_loss"] <= 0.5 * metrics["val_loss_initial"]
+    with pytest.raises(ValueError, match="loss must be one of"):
+        ValueTrainConfig(loss="hinge")
+
+
+def test_a_reward_models_own_score_head_is_trained():
+    from transformers import AutoModelForSequenceClassification
+
+    from .conftest import tiny_config
+
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_config(tiny_config("qwen3", num_labels=1, pad_token_id=0))
+    before = rm.score.weight.detach().clone()
+    tok = word_tokenizer([f"t{i}" for i in range(2, VOCAB)])
+    vm, _ = train_value(rm, synthetic_rows(40), tokenizer=tok, config=ValueTrainConfig(epochs=1, **FAST))
+    assert vm.head.weight.requires_grad
+    assert not torch.equal(vm.head.weight.detach(), before), "peft froze the score head: it never trained"
