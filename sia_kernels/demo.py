@@ -5,16 +5,14 @@
    ``width + 1`` tokens, and a reward (share of topic-aligned choices) that reads the finished text.
 2. Sample the base model on training prompts, score the samples with the task reward, and train a
    token-level value model with :func:`sia_kernels.value.train_value` (LoRA through peft on a copy
-   of the base model, a fresh scalar head; the same function as ``sia train-value``). Each training
-   row is one response position: ``{prompt: x + y<t, response: y_t, reward: R(x, y)}``, so the loss
-   is ``(V(x, y<=t) − R)²`` — Monte-Carlo value targets at every position, as controlled decoding's
-   prefix scorers are trained. Per trajectory: its last position (``V(x, y)`` doubles as Best-of-N's
-   reward model) and 3 more drawn uniformly. Why not the paper's loss on whole responses,
-   ``(mean_t V_t − R)²``: it constrains only the mean over a response, so the single values have no
-   scale of their own. Measured on this task (same 1024 samples, 12 epochs): its values swing by ~±1
-   from token to token, the final value is no reward model (MSE 1.50 against the reward, where a
-   constant scores 0.067), yet it does rank a junction's aligned candidates above the misaligned
-   ones (mean gap +1.7). Per-position targets give calibrated values in reward units (so β means
+   of the base model, a fresh scalar head; the same function as ``sia train-value``), one row per
+   trajectory, with ``loss="token"``: ``mean_t (V(x, y<=t) − R)²``, Monte-Carlo value targets at
+   every response position, as controlled decoding's prefix scorers are trained. Why not the
+   paper's ``(mean_t V_t − R)²``: it constrains only the mean over a response, so single values
+   have no scale of their own. Measured on this task (1024 samples, 12 epochs): its values swing by
+   ~±1 from token to token and the final value is no reward model (MSE 1.50 against the reward,
+   where a constant scores 0.067), though it does rank a junction's aligned candidates above the
+   misaligned ones. Per-position targets give calibrated values in reward units (so β means
    something, and ``V(x, y)`` can pick Best-of-N's winner), and the value model beats a constant.
 3. Decode held-out prompts with every method — ``base``, ``dense_args``, ``sia`` at several τ in
    both entropy scopes, ``random_gate`` at SIA's measured rate (τ = 1, top-k), ``best_of_n_base``
@@ -64,10 +62,8 @@ HELDOUT_POOL = 256  # prompts never trained on (either model); fast mode decodes
 @dataclass(frozen=True)
 class DemoConfig:
     """Every setting of the demo. ``fast`` decodes 48 held-out prompts instead of 256 and trains the
-    same models (so the two modes share the cache). The value model's training is sized by
-    measurement: with 768 trajectories or 2 epochs it sometimes never picks up the topic × choice
-    interaction, and with 3 epochs seed 1 learned it for one topic only (aligned candidates ranked
-    first at 98 % of topic_b's junctions, 6 % of topic_a's); 5 epochs learned both for seeds 0 and 1."""
+    same models (so the two modes share the cache). Value training is sized by measurement: 1024
+    trajectories and 5 epochs learn the topic × choice interaction for both topics on seeds 0, 1, 2."""
 
     seed: int = 0
     fast: bool = False
@@ -83,7 +79,7 @@ class DemoConfig:
     base_lr: float = 5e-3
     # the value model and its training (sia_kernels.value.train_value)
     value_trajectories: int = 1024
-    value_positions: int = 4  # training rows per trajectory: the last position and 3 drawn uniformly
+    value_loss: str = "token"  # every response position regressed on R (see the module docstring)
     value_epochs: int = 5
     value_lr: float = 2e-3
     value_batch: int = 16
@@ -113,7 +109,7 @@ class DemoConfig:
     def training_key(self) -> str:
         """A hash of everything the cached models depend on."""
         keys = ("seed", "segments", "width", "hidden", "layers", "heads", "base_steps", "base_batch", "base_lr",
-                "value_trajectories", "value_positions", "value_epochs", "value_lr", "value_batch", "value_targets",
+                "value_trajectories", "value_loss", "value_epochs", "value_lr", "value_batch", "value_targets",
                 "value_lora_r", "value_lora_scale", "k", "threads")
         blob = json.dumps({"format": _CACHE_FORMAT, **{k: getattr(self, k) for k in keys}}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -221,21 +217,11 @@ def sample_base(model, task: BranchingTask, prompts, cfg: DemoConfig, seed: int)
 
 # ---------------------------------------------------------------- the value model
 
-def value_rows(task: BranchingTask, tokenizer, prompts, resps, *, positions: int, seed: int) -> list[dict]:
-    """Training rows for ``train_value``: per trajectory, its last position and ``positions - 1``
-    others drawn uniformly; row = ``{prompt: x + y<t, response: y_t, reward: R(x, y)}``, so the loss is
-    ``(V(x, y<=t) − R)²`` at that position."""
-    rng = random.Random(f"value-rows-{seed}")
-    rows = []
-    for p, r in zip(prompts, resps):
-        if not r:
-            continue
-        reward = task.reward(p, r)
-        last = len(r) - 1  # always the final position: V(x, y) is also Best-of-N's reward model
-        for t in sorted(rng.sample(range(last), min(positions - 1, last)) + [last]):
-            rows.append({"prompt": tokenizer.decode(p[1:] + r[:t], skip_special_tokens=False),
-                         "response": tokenizer.decode(r[t:t + 1], skip_special_tokens=False), "reward": reward})
-    return rows
+def value_rows(task: BranchingTask, tokenizer, prompts, resps) -> list[dict]:
+    """Training rows for ``train_value``: one per trajectory, ``{prompt: x, response: y, reward: R(x, y)}``."""
+    return [{"prompt": tokenizer.decode(p[1:], skip_special_tokens=False),
+             "response": tokenizer.decode(r, skip_special_tokens=False), "reward": task.reward(p, r)}
+            for p, r in zip(prompts, resps) if r]
 
 
 def train_value_model(base_model, task: BranchingTask, tokenizer, train_prompts, cfg: DemoConfig):
@@ -248,12 +234,12 @@ def train_value_model(base_model, task: BranchingTask, tokenizer, train_prompts,
     prompts = [rng.choice(train_prompts) for _ in range(cfg.value_trajectories)]
     resps = sample_base(base_model, task, prompts, cfg, seed=cfg.seed + 1)
     rewards = [task.reward(p, r) for p, r in zip(prompts, resps)]
-    rows = value_rows(task, tokenizer, prompts, resps, positions=cfg.value_positions, seed=cfg.seed)
+    rows = value_rows(task, tokenizer, prompts, resps)
     _log(f"  {len(resps)} base samples (mean reward {statistics.mean(rewards):.3f}, "
          f"well-formed {statistics.mean(task.is_well_formed(r) for r in resps):.1%}) -> {len(rows)} value rows")
     tcfg = ValueTrainConfig(lora_r=cfg.value_lora_r, lora_alpha=cfg.value_lora_scale * cfg.value_lora_r,
                             target_modules=tuple(cfg.value_targets), lr=cfg.value_lr, epochs=cfg.value_epochs, batch_size=cfg.value_batch, lora_dropout=0.0,
-                            seed=cfg.seed, max_length=64, progress=False)
+                            loss=cfg.value_loss, seed=cfg.seed, max_length=64, progress=False)
     vm, metrics = train_value(copy.deepcopy(base_model), rows, config=tcfg, tokenizer=tokenizer)
     for h in metrics["history"]:
         _log(f"  value epoch {h['epoch']}/{cfg.value_epochs}  train {h['train_loss']:.4f}  val {h['val_loss']:.4f}")
