@@ -515,13 +515,16 @@ def _plot(path: Path, rows, cfg: DemoConfig) -> None:
     colors = {"base": "tab:gray", "dense_args": "tab:red", "sia": "tab:blue", "random_gate": "tab:orange",
               "best_of_n_base": "tab:purple", "best_of_n_sia": "tab:green"}
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    labels: dict[tuple, list[str]] = {}  # methods that land on the same point share one label
+    labels: dict[tuple, list[str]] = {}  # methods that land on (nearly) the same point share one label
+    x_span = max(r["value_tf_per_prompt"] for r in rows) or 1.0
     for r in rows:
         marker = "s" if r["entropy_scope"] == "full" else "o"
         ax.errorbar(r["value_tf_per_prompt"], r["reward_mean"], yerr=r["reward_sem"], fmt=marker,
                     color=colors.get(r["method"], "black"), capsize=2, ms=6)
-        labels.setdefault((round(r["value_tf_per_prompt"], 1), round(r["reward_mean"], 4)), []).append(_label(r))
-    for (x, y), names in labels.items():
+        key = (round(r["value_tf_per_prompt"] / x_span * 100), round(r["reward_mean"] * 200))
+        labels.setdefault(key, []).append((r["value_tf_per_prompt"], r["reward_mean"], _label(r)))
+    for points in labels.values():
+        x, y, names = points[0][0], points[0][1], [p[2] for p in points]
         ax.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7, va="top")
     ax.set_xlabel("value-model token-forwards per prompt (decoding + Best-of-N scoring)")
     ax.set_ylabel("task reward (share of aligned choices), mean ± s.e.")
