@@ -45,38 +45,27 @@ def _prebuilt(stem: str, deps: list[str]) -> str | None:
     return None
 
 
+# kind -> (setup.py's library stem, the files it depends on, torch.utils.cpp_extension.load arguments)
+_BUILDS = {
+    "cpu": ("_C_cpu", CPU_DEPS, dict(name="sia_kernels_cpu", sources=CPU_SOURCES, extra_cflags=CPU_CFLAGS,
+                                     extra_ldflags=CPU_LDFLAGS)),
+    "cuda": ("_C_cuda", CUDA_DEPS, dict(name="sia_kernels_cuda", sources=CUDA_SOURCES, extra_cflags=CUDA_CFLAGS,
+                                        extra_cuda_cflags=CUDA_NVCC_FLAGS)),
+}
+
+
 def _build_and_load(kind: str) -> None:
     import torch
     from torch.utils import cpp_extension
 
-    if kind == "cpu":
-        path = _prebuilt("_C_cpu", CPU_DEPS)
-        if path is not None:
-            torch.ops.load_library(path)
-            return
-        cpp_extension.load(
-            name="sia_kernels_cpu",
-            sources=CPU_SOURCES,
-            extra_cflags=CPU_CFLAGS,
-            extra_ldflags=CPU_LDFLAGS,
-            is_python_module=False,
-            verbose=os.environ.get("SIA_BUILD_VERBOSE") == "1",
-        )
-        return
-    if torch.version.cuda is None:
+    if kind == "cuda" and torch.version.cuda is None:
         raise ImportError("torch was built without CUDA, so the cuda backend is not built")
-    path = _prebuilt("_C_cuda", CUDA_DEPS)
+    stem, deps, build = _BUILDS[kind]
+    path = _prebuilt(stem, deps)
     if path is not None:
         torch.ops.load_library(path)
         return
-    cpp_extension.load(
-        name="sia_kernels_cuda",
-        sources=CUDA_SOURCES,
-        extra_cflags=CUDA_CFLAGS,
-        extra_cuda_cflags=CUDA_NVCC_FLAGS,
-        is_python_module=False,
-        verbose=os.environ.get("SIA_BUILD_VERBOSE") == "1",
-    )
+    cpp_extension.load(**build, is_python_module=False, verbose=os.environ.get("SIA_BUILD_VERBOSE") == "1")
 
 
 def _ensure(kind: str) -> None:

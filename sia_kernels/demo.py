@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from .tasks import BranchingTask
+from .value.bridge import pad_left
 
 __all__ = ["DemoConfig", "run_demo", "add_demo_args", "demo_main", "load_or_train", "train_base_model",
            "train_value_model", "COLUMNS"]
@@ -183,17 +184,6 @@ def train_base_model(task: BranchingTask, train_prompts, cfg: DemoConfig):
 
 # ---------------------------------------------------------------- helpers on batches
 
-def pad_prompts(prompts, pad_id: int):
-    """Left-padded ``ids [B, P]`` i64 and ``mask [B, P]`` bool."""
-    L = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), L, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, L - len(p):] = torch.tensor(p)
-        mask[i, L - len(p):] = True
-    return ids, mask
-
-
 def responses(result) -> list[list[int]]:
     """Each row's generated tokens, up to and including EOS."""
     new = result.new_tokens.tolist()
@@ -209,7 +199,7 @@ def sample_base(model, task: BranchingTask, prompts, cfg: DemoConfig, seed: int)
     from .config import SIAConfig
     from .decoding import generate
 
-    ids, mask = pad_prompts(prompts, task.pad_id)
+    ids, mask = pad_left(prompts, task.pad_id)
     conf = SIAConfig(gate="never", k=cfg.k, max_new_tokens=_max_new_tokens(task), eos_token_id=task.eos_id,
                      seed=seed, backend=cfg.backend)
     return responses(generate(model, None, input_ids=ids, attention_mask=mask, config=conf))
@@ -313,7 +303,7 @@ def run_method(m: _Method, base, vm, task, prompts, cfg: DemoConfig) -> dict:
         conf = SIAConfig(gate="random", rate=m.rate, **kw)
     else:
         conf = SIAConfig(gate=m.gate, **kw)
-    ids, mask = pad_prompts(prompts, task.pad_id)
+    ids, mask = pad_left(prompts, task.pad_id)
     value = vm if m.gate != "never" else None
     vm.reset_counters()
     t0 = time.perf_counter()
@@ -351,7 +341,7 @@ def value_quality(vm, base, task, prompts, cfg: DemoConfig) -> dict:
     choice steps between aligned and misaligned choices (expected under the base model: 1/segments)."""
     resps = sample_base(base, task, prompts, cfg, seed=cfg.seed + 2)
     rewards = torch.tensor([task.reward(p, r) for p, r in zip(prompts, resps)])
-    ids, mask = pad_prompts([p + r for p, r in zip(prompts, resps)], task.pad_id)
+    ids, mask = pad_left([p + r for p, r in zip(prompts, resps)], task.pad_id)
     with torch.no_grad():
         final = vm.values(ids, mask)[:, -1].cpu()
     gaps = []
@@ -363,7 +353,7 @@ def value_quality(vm, base, task, prompts, cfg: DemoConfig) -> dict:
             topic = task.topic_of(p)
             aligned = torch.tensor([c in (0, 1) if topic == 0 else c in (2, 3) for c in range(4)])
             pre = [torch.tensor(p + r[:s]) for s in task.choice_steps()]
-            pid, pm = pad_prompts([x.tolist() for x in pre], task.pad_id)
+            pid, pm = pad_left([x.tolist() for x in pre], task.pad_id)
             v = vm.score_candidates(pid, pm, cand.expand(len(pre), 4), mode="prefix").cpu()
             gaps += (v[:, aligned].mean(-1) - v[:, ~aligned].mean(-1)).tolist()
     vm.reset_counters()
@@ -377,7 +367,7 @@ def choice_step_entropies(base, task: BranchingTask, prompts, k: int = 10, seed:
     ``(at choice steps, at every other response step)``, two flat lists."""
     rng = random.Random(f"entropy-{seed}")
     seqs = [p + task.sample_response(rng) for p in prompts]
-    ids, mask = pad_prompts(seqs, task.pad_id)
+    ids, mask = pad_left(seqs, task.pad_id)
     pos = (mask.long().cumsum(-1) - 1).clamp_min(0)
     with torch.no_grad():
         logits = base(input_ids=ids, attention_mask=mask.long(), position_ids=pos).logits.float()

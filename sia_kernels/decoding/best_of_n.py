@@ -7,7 +7,8 @@ import torch
 
 from ..config import SIAConfig
 from ..value import ValueModel
-from .generate import GenerationResult, _pad_left, _check_models, generate, prepare_inputs, resolve_special_tokens
+from ..value.bridge import pad_left
+from .generate import GenerationResult, _check_models, generate, prepare_inputs, resolve_special_tokens
 
 __all__ = ["best_of_n", "BestOfNResult", "score_sequences"]
 
@@ -41,7 +42,7 @@ def score_sequences(scorer, result: GenerationResult) -> torch.Tensor:
         ids, m = bridge.encode(rows, device=scorer.device)
     else:
         device = getattr(scorer, "device", result.sequences.device)
-        ids, m = _pad_left(rows, 0, device)
+        ids, m = pad_left(rows, 0, device)
     if isinstance(scorer, ValueModel):
         with torch.no_grad():
             return scorer.values(ids, m)[:, -1].float()  # left-padded: the whole sequence's value

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..config import MODEL_DEFAULT, SIAConfig
+from ..value.bridge import pad_left
 from .profiling import phase
 from .step import DecodeState, StepStats, decode_step
 
@@ -119,17 +120,6 @@ def resolve_special_tokens(model, tokenizer, config: SIAConfig) -> tuple[list[in
     return eos, int(pad if isinstance(pad, int) else list(pad)[0])
 
 
-def _pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, L - len(s):] = True
-    return ids.to(device), mask.to(device)
-
-
 def prepare_inputs(model, *, input_ids=None, attention_mask=None, prompts=None, tokenizer=None,
                    config: SIAConfig, pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ``ids [B, P]`` i64 and ``mask [B, P]`` bool on the model's device, validated:
@@ -151,7 +141,7 @@ def prepare_inputs(model, *, input_ids=None, attention_mask=None, prompts=None, 
         empty = [i for i, s in enumerate(seqs) if not s]
         if empty:
             raise ValueError(f"prompt {empty[0]} is empty (no tokens)")
-        ids, mask = _pad_left(seqs, pad_token_id, device)
+        ids, mask = pad_left(seqs, pad_token_id, device)
     else:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError("input_ids must be an int64 tensor [B, P]")
