@@ -67,8 +67,9 @@ setup(
         "safetensors",
         "ninja",  # first-use builds of the C++ op (torch.utils.cpp_extension.load)
         "tqdm",
+        "matplotlib",  # the demo's pareto plot
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"], "plot": ["matplotlib"]},
+    extras_require={"test": ["pytest", "pytest-benchmark"]},
     entry_points={"console_scripts": ["sia = sia_kernels.cli:main"]},
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,
