@@ -61,7 +61,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "triton; platform_system=='Linux'",
-        "transformers>=4.50",
+        "transformers>=5.0",  # the value model uses the v5 cache and mask API
         "peft",
         "numpy",
         "safetensors",
