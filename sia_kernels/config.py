@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 __all__ = ["SIAConfig", "MODEL_DEFAULT", "GATES", "VALUE_MODES"]
 
 GATES = ("entropy", "always", "never", "random", "first_n", "target_rate")
-VALUE_MODES = ("cached", "prefix")
+VALUE_MODES = ("cached", "prefix", "auto")
 _SCOPES = ("full", "topk")
 _BACKENDS = ("reference", "triton", "cpp", "cuda")
 
@@ -68,8 +68,10 @@ class SIAConfig:
     share ``rate`` of steps are junctions).
     max_new_tokens: tokens generated per row at most. eos_token_id: an id or a list of ids;
     ``MODEL_DEFAULT`` takes the model's; ``None`` never stops early.
-    value_mode: ``"cached"`` (the value model keeps its own KV cache) or ``"prefix"`` (re-runs the
-    junction rows' prefixes; memory-light). max_junction_batch: junction rows per value forward
+    value_mode: ``"cached"`` (the value model keeps its own KV cache), ``"prefix"`` (re-runs the
+    junction rows' prefixes; memory-light) or ``"auto"`` (re-runs prefixes until they have cost
+    as much as catching the cache up, then catches up: at most twice the better mode's value
+    forwards, and sparse, scattered junctions stop paying for every row's catch-up). max_junction_batch: junction rows per value forward
     (``None``: all at once). seed: seeds the one generator that drives all sampling (``None``:
     nondeterministic). backend: the ``junction_scan`` backend (``None``: automatic).
     """

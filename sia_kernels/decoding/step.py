@@ -164,9 +164,10 @@ class DecodeState:
         self._held: list[int] = list(range(B))  # batch rows the value cache holds, in its order
         self._held_dev: torch.Tensor | None = None  # the same on the device (None: all rows)
         self._cache_started = False
+        self._prefix_spent = 0  # value_mode="auto": prefix tokens run since the cache last caught up
         if value_model is not None and config.gate != "never" and value_model.device != self.device:
             raise ValueError(f"the value model is on {value_model.device} but the batch is on {self.device}")
-        if value_model is not None and config.gate != "never" and config.value_mode == "cached":
+        if value_model is not None and config.gate != "never" and config.value_mode in ("cached", "auto"):
             self.value_cache = value_model.cache(self.ids, self.mask)
 
     @property
@@ -204,6 +205,28 @@ class DecodeState:
         self._held = [self._held[i] for i in keep]
         self._held_dev = torch.tensor(self._held, dtype=torch.long, device=self.device)
 
+    def _use_cache(self, rows: list[int], bridged: bool) -> bool:
+        """Score this step from the value cache? ``cached``: always. ``auto``: rent or buy. Re-run
+        the junction rows' prefixes (rent) until the prefix tokens spent since the last catch-up,
+        this step's included, reach what catching every held row up would cost (buy). A catch-up
+        is paid once however many junctions follow, so this never costs more than twice the
+        better of the two in hindsight, and sparse, scattered junctions stop paying for every row."""
+        if self.value_cache is None:
+            return False
+        if self.config.value_mode == "cached" or bridged:
+            return True
+        self._prefix_spent += sum(self.prompt_lengths[b] + self.step for b in rows)
+        if sum(self._catch_up_tokens().values()) > self._prefix_spent:
+            return False
+        self._prefix_spent = 0
+        return True
+
+    def _catch_up_tokens(self) -> dict[int, int]:
+        """Per held batch row: real tokens the value cache's next catch-up runs (the prompt's
+        only the first time; its left padding never counts)."""
+        pending, first = self.value_cache.pending, not self._cache_started
+        return {b: pending - (self.prompt_width - self.prompt_lengths[b] if first else 0) for b in self._held}
+
     def score(self, scan: JunctionScan, rows: list[int], value_model) -> torch.Tensor:
         """Values ``[J, k]`` f32 of the candidates of junction rows ``rows`` (host list, J >= 1),
         in chunks of ``config.max_junction_batch``; per-row value token-forwards are recorded
@@ -213,14 +236,14 @@ class DecodeState:
         k = scan.junction_ids.shape[1]
         bridged = getattr(value_model, "bridge", None) is not None
         counters = value_model.counters
-        cache = self.value_cache
-        if cache is not None:
+        if self.value_cache is not None:
             self._drop_finished_from_cache()
+        cache = self.value_cache if self._use_cache(rows, bridged) else None
+        if cache is not None:
             pos = {b: i for i, b in enumerate(self._held)}
             if not bridged:  # the catch-up runs on every held row
-                pending, first = cache.pending, not self._cache_started
-                for b in self._held:
-                    self.row_value_tokens[b] += pending - (self.prompt_width - self.prompt_lengths[b] if first else 0)
+                for b, n in self._catch_up_tokens().items():
+                    self.row_value_tokens[b] += n
                 self._cache_started = True
         out, L = [], self.ids.shape[1]
         for a in range(0, J, chunk):

@@ -18,17 +18,19 @@ def median_tau(model, ids, mask, cfg):
 def predicted_value_forwards(result, mode, k):
     """Value token-forwards implied by the junction counts alone (DESIGN.md §3 accounting)."""
     plen = result.prompt_mask.sum(-1).tolist()
-    total, prev = 0, None
+    total, prev, spent = 0, None, 0
     for s in result.steps:
         if not s.num_junctions:
             continue
-        if mode == "prefix":
-            total += sum(plen[b] + s.step + k for b in s.junction_rows)
-            continue
         active = [b for b, f in enumerate(s.finished) if not f]  # finished rows were dropped from the cache
-        total += sum(plen[b] + s.step for b in active) if prev is None else len(active) * (s.step - prev)
-        total += k * s.num_junctions
-        prev = s.step
+        catch_up = sum(plen[b] + s.step for b in active) if prev is None else len(active) * (s.step - prev)
+        prefixes = sum(plen[b] + s.step for b in s.junction_rows)
+        spent += prefixes
+        if mode == "prefix" or (mode == "auto" and catch_up > spent):
+            total += prefixes + k * s.num_junctions
+            continue
+        total += catch_up + k * s.num_junctions
+        prev, spent = s.step, 0
     return total
 
 
@@ -41,7 +43,7 @@ def first_positions(new_tokens):
     return out
 
 
-@pytest.mark.parametrize("family,mode", [("qwen3", "cached"), ("llama", "prefix"), ("gpt2", "cached")])
+@pytest.mark.parametrize("family,mode", [("qwen3", "cached"), ("llama", "prefix"), ("gpt2", "cached"), ("qwen3", "auto")])
 def test_eos_stops_rows_independently_and_forwards_match_junction_counts(family, mode):
     model, vm = base_model(family), value_model(family)
     ids, mask = left_padded(LENGTHS, seed=11)
@@ -78,6 +80,27 @@ def test_eos_stops_rows_independently_and_forwards_match_junction_counts(family,
         hf = model.generate(input_ids=ids, attention_mask=mask.long(), do_sample=False, max_new_tokens=16,
                             pad_token_id=0, eos_token_id=eos)
         assert torch.equal(base.sequences, hf)
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.3])
+def test_auto_value_mode_rents_prefixes_until_a_catch_up_pays(rate):
+    model, vm = base_model("llama"), value_model("llama")
+    ids, mask = left_padded(LENGTHS, seed=13)
+    runs = {}
+    for mode in ("cached", "prefix", "auto"):
+        vm.reset_counters()
+        cfg = SIAConfig(gate="random", rate=rate, greedy=True, k=4, beta=2.0, max_new_tokens=16, eos_token_id=None,
+                        value_mode=mode, seed=3)
+        runs[mode] = generate(model, vm, input_ids=ids, attention_mask=mask, config=cfg)
+        assert runs[mode].stats.value_token_forwards == vm.counters.token_forwards
+        assert runs[mode].stats.value_token_forwards == predicted_value_forwards(runs[mode], mode, 4)
+    assert torch.equal(runs["auto"].sequences, runs["cached"].sequences)
+    assert [s.junction_rows for s in runs["auto"].steps] == [s.junction_rows for s in runs["cached"].steps]
+    forwards = {m: r.stats.value_token_forwards for m, r in runs.items()}
+    assert runs["auto"].stats.junctions > 0
+    assert forwards["auto"] <= 2 * min(forwards["cached"], forwards["prefix"])
+    if rate == 0.05:  # scattered junctions: re-running a few prefixes beats catching every row up
+        assert forwards["auto"] < forwards["cached"]
 
 
 def test_dense_forwards_closed_form_and_sparse_savings():
