@@ -8,6 +8,7 @@ row has finished or ``max_new_tokens`` is reached. One host sync per step (``rea
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from dataclasses import asdict, dataclass, field
@@ -203,7 +204,13 @@ def _new_cache(model):
 
 
 def _forward_kwargs(model) -> tuple[str, bool]:
-    params = inspect.signature(model.forward).parameters
+    """The model's cache keyword and whether it takes ``logits_to_keep`` (read once per class)."""
+    return _forward_kwargs_of(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_kwargs_of(cls) -> tuple[str, bool]:
+    params = inspect.signature(cls.forward).parameters
     return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 
