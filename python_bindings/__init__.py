@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 CPU_SOURCES = [str(HERE / "cpu_ops.cpp"), str(ROOT / "csrc" / "cpu" / "junction_scan.cpp")]
-CPU_DEPS = CPU_SOURCES + [str(ROOT / "csrc" / "cpu" / "junction_scan.h")]
+CPU_DEPS = CPU_SOURCES + [str(ROOT / "csrc" / "cpu" / "junction_scan.h"), str(HERE / "scan_outputs.h")]
 # -O3 and OpenMP; -ffp-contract=fast lets the AVX2+FMA clone fuse multiply-adds (the ISO -std
 # mode torch uses turns it off). No -march=native: the kernel carries its own x86-64-v3 clone,
 # chosen at load time, so one build runs on any x86-64.
@@ -29,7 +29,7 @@ CPU_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
 CPU_LDFLAGS = ["-fopenmp"]
 
 CUDA_SOURCES = [str(HERE / "cuda_ops.cpp"), str(ROOT / "csrc" / "cuda" / "junction_scan.cu")]
-CUDA_DEPS = CUDA_SOURCES + [str(ROOT / "csrc" / "cuda" / "junction_scan.cuh")]
+CUDA_DEPS = CUDA_SOURCES + [str(ROOT / "csrc" / "cuda" / "junction_scan.cuh"), str(HERE / "scan_outputs.h")]
 CUDA_CFLAGS = ["-O3"]
 CUDA_NVCC_FLAGS = ["-O3", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
 

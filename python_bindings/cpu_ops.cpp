@@ -13,15 +13,16 @@
 #include <omp.h>
 #endif
 
+#include "scan_outputs.h"
 #include "../csrc/cpu/junction_scan.h"
 
 namespace {
 
 using at::Tensor;
-using Scan = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using sia_bindings::ScanOutputs;
 
-Scan junction_scan_cpu(const Tensor& logits, int64_t k, const Tensor& tau, const Tensor& temperature,
-                       bool entropy_topk, bool sample_topk, int64_t seed, int64_t num_threads) {
+sia_bindings::ScanTuple junction_scan_cpu(const Tensor& logits, int64_t k, const Tensor& tau, const Tensor& temperature,
+                                          bool entropy_topk, bool sample_topk, int64_t seed, int64_t num_threads) {
   TORCH_CHECK(logits.device().is_cpu(), "junction_scan_cpu: logits must be on the CPU");
   TORCH_CHECK(logits.dim() == 2, "junction_scan_cpu: logits must be [B, V]");
   const int64_t B = logits.size(0), V = logits.size(1);
@@ -40,27 +41,19 @@ Scan junction_scan_cpu(const Tensor& logits, int64_t k, const Tensor& tau, const
                     t->is_contiguous(),
                 "junction_scan_cpu: tau and temperature must be contiguous [B] f32 CPU tensors");
   }
-  const auto f32 = logits.options().dtype(at::kFloat);
-  const auto i64 = logits.options().dtype(at::kLong);
-  Tensor entropy = at::empty({B}, f32), lse = at::empty({B}, f32);
-  Tensor gate = at::empty({B}, logits.options().dtype(at::kBool));
-  Tensor topk_ids = at::empty({B, k}, i64), topk_logprobs = at::empty({B, k}, f32);
-  Tensor base_token = at::empty({B}, i64), junction_rows = at::empty({B}, i64);
-  Tensor num_junctions = at::empty({1}, logits.options().dtype(at::kInt));
-  Tensor junction_ids = at::empty({B, k}, i64), junction_logprobs = at::empty({B, k}, f32);
+  ScanOutputs o(logits, k);
   if (B > 0) {
     sia::junction_scan_cpu(logits.data_ptr(), tau.data_ptr<float>(), temperature.data_ptr<float>(),
-                           entropy.data_ptr<float>(), lse.data_ptr<float>(), gate.data_ptr<bool>(),
-                           topk_ids.data_ptr<int64_t>(), topk_logprobs.data_ptr<float>(),
-                           base_token.data_ptr<int64_t>(), junction_rows.data_ptr<int64_t>(),
-                           num_junctions.data_ptr<int32_t>(), junction_ids.data_ptr<int64_t>(),
-                           junction_logprobs.data_ptr<float>(), B, V, logits.stride(0), k, dt,
+                           o.entropy.data_ptr<float>(), o.lse.data_ptr<float>(), o.gate.data_ptr<bool>(),
+                           o.topk_ids.data_ptr<int64_t>(), o.topk_logprobs.data_ptr<float>(),
+                           o.base_token.data_ptr<int64_t>(), o.junction_rows.data_ptr<int64_t>(),
+                           o.num_junctions.data_ptr<int32_t>(), o.junction_ids.data_ptr<int64_t>(),
+                           o.junction_logprobs.data_ptr<float>(), B, V, logits.stride(0), k, dt,
                            entropy_topk, sample_topk, static_cast<uint64_t>(seed), static_cast<int>(num_threads));
   } else {
-    num_junctions.zero_();
+    o.num_junctions.zero_();
   }
-  return {entropy, lse, gate, topk_ids, topk_logprobs, base_token, junction_rows, num_junctions, junction_ids,
-          junction_logprobs};
+  return o.tuple();
 }
 
 // How many OpenMP threads a parallel region of this library gets when asked for n (<= 0: default).

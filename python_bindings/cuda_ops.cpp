@@ -11,15 +11,16 @@
 
 #include <tuple>
 
+#include "scan_outputs.h"
 #include "../csrc/cuda/junction_scan.cuh"
 
 namespace {
 
 using at::Tensor;
-using Scan = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using sia_bindings::ScanOutputs;
 
-Scan junction_scan_cuda(const Tensor& logits, int64_t k, const Tensor& tau, const Tensor& temperature,
-                        bool entropy_topk, bool sample_topk, const Tensor& seed) {
+sia_bindings::ScanTuple junction_scan_cuda(const Tensor& logits, int64_t k, const Tensor& tau, const Tensor& temperature,
+                                           bool entropy_topk, bool sample_topk, const Tensor& seed) {
   TORCH_CHECK(logits.is_cuda() && logits.dim() == 2, "junction_scan_cuda: logits must be a [B, V] CUDA tensor");
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t B = logits.size(0), V = logits.size(1);
@@ -41,26 +42,18 @@ Scan junction_scan_cuda(const Tensor& logits, int64_t k, const Tensor& tau, cons
   }
   TORCH_CHECK(seed.device() == logits.device() && seed.scalar_type() == at::kLong && seed.numel() == 1,
               "junction_scan_cuda: seed must be a [1] i64 tensor on the logits' device");
-  const auto f32 = logits.options().dtype(at::kFloat);
-  const auto i64 = logits.options().dtype(at::kLong);
-  Tensor entropy = at::empty({B}, f32), lse = at::empty({B}, f32);
-  Tensor gate = at::empty({B}, logits.options().dtype(at::kBool));
-  Tensor topk_ids = at::empty({B, k}, i64), topk_logprobs = at::empty({B, k}, f32);
-  Tensor base_token = at::empty({B}, i64), junction_rows = at::empty({B}, i64);
-  Tensor num_junctions = at::empty({1}, logits.options().dtype(at::kInt));
-  Tensor junction_ids = at::empty({B, k}, i64), junction_logprobs = at::empty({B, k}, f32);
+  ScanOutputs o(logits, k);
   Tensor workspace =
       at::empty({static_cast<int64_t>(sia::junction_scan_cuda_workspace_bytes(B, V, k))}, logits.options().dtype(at::kByte));
   const cudaError_t err = sia::junction_scan_cuda(
       logits.data_ptr(), tau.data_ptr<float>(), temperature.data_ptr<float>(), seed.data_ptr<int64_t>(),
-      entropy.data_ptr<float>(), lse.data_ptr<float>(), gate.data_ptr<bool>(), topk_ids.data_ptr<int64_t>(),
-      topk_logprobs.data_ptr<float>(), base_token.data_ptr<int64_t>(), junction_rows.data_ptr<int64_t>(),
-      num_junctions.data_ptr<int32_t>(), junction_ids.data_ptr<int64_t>(), junction_logprobs.data_ptr<float>(),
+      o.entropy.data_ptr<float>(), o.lse.data_ptr<float>(), o.gate.data_ptr<bool>(), o.topk_ids.data_ptr<int64_t>(),
+      o.topk_logprobs.data_ptr<float>(), o.base_token.data_ptr<int64_t>(), o.junction_rows.data_ptr<int64_t>(),
+      o.num_junctions.data_ptr<int32_t>(), o.junction_ids.data_ptr<int64_t>(), o.junction_logprobs.data_ptr<float>(),
       workspace.data_ptr(), B, V, logits.stride(0), k, dt, entropy_topk, sample_topk,
       c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "junction_scan_cuda: launch failed: ", cudaGetErrorString(err));
-  return {entropy, lse, gate, topk_ids, topk_logprobs, base_token, junction_rows, num_junctions, junction_ids,
-          junction_logprobs};
+  return o.tuple();
 }
 
 }  // namespace
