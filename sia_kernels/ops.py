@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from . import reference
-from .types import JunctionScan
+from .types import JunctionScan, empty_scan
 
 BACKENDS = ("reference", "triton", "cpp", "cuda")
 _SCOPES = ("full", "topk")
@@ -140,22 +140,6 @@ def check_rows(lse: torch.Tensor) -> None:
         raise ValueError(f"logits row {row} {what}{more}")
 
 
-def _empty_scan(b_dev: torch.device, k: int) -> JunctionScan:
-    f = dict(device=b_dev)
-    return JunctionScan(
-        entropy=torch.empty(0, dtype=torch.float32, **f),
-        lse=torch.empty(0, dtype=torch.float32, **f),
-        gate=torch.empty(0, dtype=torch.bool, **f),
-        topk_ids=torch.empty(0, k, dtype=torch.int64, **f),
-        topk_logprobs=torch.empty(0, k, dtype=torch.float32, **f),
-        base_token=torch.empty(0, dtype=torch.int64, **f),
-        junction_rows=torch.empty(0, dtype=torch.int64, **f),
-        num_junctions=torch.zeros(1, dtype=torch.int32, **f),
-        junction_ids=torch.empty(0, k, dtype=torch.int64, **f),
-        junction_logprobs=torch.empty(0, k, dtype=torch.float32, **f),
-    )
-
-
 def _check_generator(generator, device: torch.device) -> None:
     if generator is None:
         return
@@ -230,7 +214,9 @@ def _junction_scan(logits, *, k, tau, temperature, entropy_scope, sample_from, g
         temp_t = torch.zeros_like(temp_t)
     name, scan = resolve_backend(backend, device)
     if b == 0:
-        return _empty_scan(device, k)
+        out = empty_scan(0, k, device)
+        out.num_junctions.zero_()
+        return out
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     if name != "reference" and logits.dtype not in _FAST_DTYPES:

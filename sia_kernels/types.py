@@ -23,3 +23,20 @@ class JunctionScan(NamedTuple):
     num_junctions: torch.Tensor  # [1] i32, on the device
     junction_ids: torch.Tensor  # [B, k] i64, first J rows valid
     junction_logprobs: torch.Tensor  # [B, k] f32, first J rows valid
+
+
+def empty_scan(b: int, k: int, device) -> JunctionScan:
+    """Uninitialised outputs at full size ``B`` in the contract's dtypes (``num_junctions`` too)."""
+    f32, i64 = dict(dtype=torch.float32, device=device), dict(dtype=torch.int64, device=device)
+    return JunctionScan(
+        entropy=torch.empty(b, **f32),
+        lse=torch.empty(b, **f32),
+        gate=torch.empty(b, dtype=torch.bool, device=device),
+        topk_ids=torch.empty(b, k, **i64),
+        topk_logprobs=torch.empty(b, k, **f32),
+        base_token=torch.empty(b, **i64),
+        junction_rows=torch.empty(b, **i64),
+        num_junctions=torch.empty(1, dtype=torch.int32, device=device),
+        junction_ids=torch.empty(b, k, **i64),
+        junction_logprobs=torch.empty(b, k, **f32),
+    )

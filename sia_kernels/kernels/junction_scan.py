@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..types import JunctionScan
+from ..types import JunctionScan, empty_scan
 
 _KEY_PAD = tl.constexpr(-(2**63))  # below every packed key, including that of a -inf logit
 _TILE = 4096  # elements per tile on a GPU (see _plan)
@@ -475,18 +475,7 @@ def _launch(
         K_PAD=k_pad, LOG_K=log_k, SORT_TILE=k_pad > _MAX_EXTRACT_K, SAMPLE_FULL=sample_full,
         num_warps=p["warps1"],
     )
-    out = JunctionScan(
-        entropy=torch.empty(b, dtype=torch.float32, device=dev),
-        lse=torch.empty(b, dtype=torch.float32, device=dev),
-        gate=torch.empty(b, dtype=torch.bool, device=dev),
-        topk_ids=torch.empty(b, k, dtype=torch.int64, device=dev),
-        topk_logprobs=torch.empty(b, k, dtype=torch.float32, device=dev),
-        base_token=torch.empty(b, dtype=torch.int64, device=dev),
-        junction_rows=torch.empty(b, dtype=torch.int64, device=dev),
-        num_junctions=torch.empty(1, dtype=torch.int32, device=dev),
-        junction_ids=torch.empty(b, k, dtype=torch.int64, device=dev),
-        junction_logprobs=torch.empty(b, k, dtype=torch.float32, device=dev),
-    )
+    out = empty_scan(b, k, dev)
     _junction_merge_kernel[(1,)](
         stats, topk_keys, gumbel_keys, tau, temperature, seed,
         out.entropy, out.lse, out.gate.view(torch.uint8), out.topk_ids, out.topk_logprobs,
