@@ -62,7 +62,8 @@ def check_contract(logits, out, *, k, tau, scope, backend):
     b, v = logits.shape
     exp = contract(logits, k, scope)
     ref32 = junction_scan_ref(
-        logits, k=k, tau=tau, temperature=torch.ones(b), entropy_scope=scope, sample_from="topk"
+        logits, k=k, tau=tau, temperature=torch.ones(b, device=logits.device), entropy_scope=scope,
+        sample_from="topk",
     )
     for f in ("entropy", "lse", "topk_logprobs"):
         assert getattr(out, f).dtype == torch.float32, f
