@@ -124,6 +124,7 @@ def run(quick: bool = False, csv_path: str | None = "bench/results/decode.csv", 
         "base": cfg.replace(gate="never"),
         "sia_tau1": cfg.replace(tau=1.0),
         f"sia_rate{round(rate * 100)}": cfg.replace(tau=tau_r),
+        f"sia_rate{round(rate * 100)}_auto": cfg.replace(tau=tau_r, value_mode="auto"),
         "dense_args": cfg.replace(gate="always"),
     }
     results, seqs = {}, {}
