@@ -47,7 +47,9 @@ from pathlib import Path
 import torch
 
 from .tasks import BranchingTask
+from .tasks.branching import ALIGNED
 from .value.bridge import pad_left
+from .value.model import positions_from_mask
 
 __all__ = ["DemoConfig", "run_demo", "add_demo_args", "demo_main", "load_or_train", "train_base_model",
            "train_value_model", "COLUMNS"]
@@ -351,10 +353,10 @@ def value_quality(vm, base, task, prompts, cfg: DemoConfig) -> dict:
         for p in prompts[:64]:
             r = task.sample_response(rng)
             topic = task.topic_of(p)
-            aligned = torch.tensor([c in (0, 1) if topic == 0 else c in (2, 3) for c in range(4)])
-            pre = [torch.tensor(p + r[:s]) for s in task.choice_steps()]
-            pid, pm = pad_left([x.tolist() for x in pre], task.pad_id)
-            v = vm.score_candidates(pid, pm, cand.expand(len(pre), 4), mode="prefix").cpu()
+            aligned = torch.tensor([c in ALIGNED[topic] for c in range(len(task.choice_ids))])
+            pre = [p + r[:s] for s in task.choice_steps()]
+            pid, pm = pad_left(pre, task.pad_id)
+            v = vm.score_candidates(pid, pm, cand.expand(len(pre), -1), mode="prefix").cpu()
             gaps += (v[:, aligned].mean(-1) - v[:, ~aligned].mean(-1)).tolist()
     vm.reset_counters()
     return {"final_value_mse": float(((final - rewards) ** 2).mean()),
@@ -368,7 +370,7 @@ def choice_step_entropies(base, task: BranchingTask, prompts, k: int = 10, seed:
     rng = random.Random(f"entropy-{seed}")
     seqs = [p + task.sample_response(rng) for p in prompts]
     ids, mask = pad_left(seqs, task.pad_id)
-    pos = (mask.long().cumsum(-1) - 1).clamp_min(0)
+    pos = positions_from_mask(mask)
     with torch.no_grad():
         logits = base(input_ids=ids, attention_mask=mask.long(), position_ids=pos).logits.float()
     top = logits.topk(k, -1).values.log_softmax(-1)

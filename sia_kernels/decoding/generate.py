@@ -17,6 +17,7 @@ import torch
 
 from ..config import MODEL_DEFAULT, SIAConfig
 from ..value.bridge import pad_left
+from ..value.model import positions_from_mask
 from .profiling import phase
 from .step import DecodeState, StepStats, decode_step
 
@@ -220,7 +221,7 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, kv) ->
     Position ids count real tokens (left padding: pads sit at 0), as Hugging Face's generate does.
     """
     cache_kw, keep = _forward_kwargs(model)
-    pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(~attention_mask.bool(), 0)
+    pos = positions_from_mask(attention_mask)
     extra = {"logits_to_keep": 1} if keep else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
                 use_cache=True, **{cache_kw: kv}, **extra)
