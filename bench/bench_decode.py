@@ -22,7 +22,6 @@ to a CSV with date, commit and device. ``python bench/bench_decode.py [--quick] 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import sys
 import time
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sia_kernels.bench import device_name, git_commit  # noqa: E402
+from sia_kernels.bench import append_csv, device_name, git_commit  # noqa: E402
 from sia_kernels.config import SIAConfig  # noqa: E402
 from sia_kernels.decoding import calibrate_tau, generate  # noqa: E402
 from sia_kernels.value import ValueModel  # noqa: E402
@@ -173,15 +172,8 @@ def run(quick: bool = False, csv_path: str | None = "bench/results/decode.csv", 
         row.setdefault("tokens_match_sia", float((seqs[name] == seqs[sia_name]).float().mean()) if name in seqs else "")
         rows.append(row)
     if csv_path:
-        path = Path(csv_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            for row in rows:
-                w.writerow({k_: (f"{v:.4g}" if isinstance(v, float) else v) for k_, v in row.items()})
+        append_csv(csv_path, [{k_: (f"{v:.4g}" if isinstance(v, float) else v) for k_, v in r.items()} for r in rows],
+                   FIELDS)
     return rows
 
 

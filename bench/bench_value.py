@@ -13,10 +13,8 @@ Appends rows to bench/results/value.csv (device, date, commit, ...) and prints a
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,25 +23,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sia_kernels.bench import append_csv, device_name, git_commit  # noqa: E402
 from sia_kernels.value import ValueModel  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "value.csv"
 COLUMNS = ["device", "date", "commit", "model", "dtype", "threads", "L", "k", "J", "mode", "token_forwards",
            "tf_ratio", "expected_tf_ratio", "wall_ms", "wall_ratio"]
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "uncommitted"
-    except OSError:
-        return "uncommitted"
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _model(device, dtype):
@@ -91,8 +76,8 @@ def run(rows_out=None, quick: bool = False, threads: int | None = None, lengths=
     try:
         vm, model_name = _model(device, dtype)
         repeats = 3 if quick else 7
-        meta = {"device": _device_name(device), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                "commit": _commit(), "model": model_name, "dtype": str(dtype).replace("torch.", ""),
+        meta = {"device": device_name(device), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "commit": git_commit(), "model": model_name, "dtype": str(dtype).replace("torch.", ""),
                 "threads": torch.get_num_threads(), "k": k, "J": J}
         rows = []
         g = torch.Generator().manual_seed(0)
@@ -128,20 +113,10 @@ def run(rows_out=None, quick: bool = False, threads: int | None = None, lengths=
                              "tf_ratio": round(tokens["reforward"] / tokens[m], 3),
                              "expected_tf_ratio": round(expected[m], 3), "wall_ms": round(walls[m], 3),
                              "wall_ratio": round(walls["reforward"] / walls[m], 3)})
-        _append_csv(rows, Path(rows_out) if rows_out is not None else DEFAULT_OUT)
+        append_csv(Path(rows_out) if rows_out is not None else DEFAULT_OUT, rows, COLUMNS)
         return rows
     finally:
         torch.set_num_threads(old_threads)
-
-
-def _append_csv(rows, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
 
 
 def print_table(rows) -> None:

@@ -126,11 +126,13 @@ def run_scan_bench(
 
 
 def append_csv(path, rows: list[dict], fields: list[str]) -> None:
+    """Append ``rows`` (keys outside ``fields`` are left out) to the CSV at ``path``, with a header
+    when the file is new."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerows(rows)
