@@ -4,12 +4,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from .ops import BACKENDS, SCOPES
+
 __all__ = ["SIAConfig", "MODEL_DEFAULT", "GATES", "VALUE_MODES"]
 
 GATES = ("entropy", "always", "never", "random", "first_n", "target_rate")
 VALUE_MODES = ("cached", "prefix", "auto")
-_SCOPES = ("full", "topk")
-_BACKENDS = ("reference", "triton", "cpp", "cuda")
 
 
 class _ModelDefault:
@@ -97,13 +97,13 @@ class SIAConfig:
         _int("k", self.k, 1)
         _float("beta", self.beta)
         _float("tau", self.tau, allow_inf=True)
-        _choice("entropy_scope", self.entropy_scope, _SCOPES)
+        _choice("entropy_scope", self.entropy_scope, SCOPES)
         _float("temperature", self.temperature)
         if self.temperature < 0:
             raise ValueError(f"SIAConfig.temperature must be >= 0, got {self.temperature}")
         if not isinstance(self.greedy, bool):
             raise TypeError(f"SIAConfig.greedy must be a bool, got {self.greedy!r}")
-        _choice("sample_from", self.sample_from, _SCOPES)
+        _choice("sample_from", self.sample_from, SCOPES)
         _choice("gate", self.gate, GATES)
         if self.gate in ("random", "target_rate"):
             if self.rate is None:
@@ -125,7 +125,7 @@ class SIAConfig:
         _int("max_junction_batch", self.max_junction_batch, 1, allow_none=True)
         _int("seed", self.seed, 0, allow_none=True)
         if self.backend is not None:
-            _choice("backend", self.backend, _BACKENDS)
+            _choice("backend", self.backend, BACKENDS)
 
     def replace(self, **changes) -> "SIAConfig":
         """A validated copy with ``changes`` applied."""

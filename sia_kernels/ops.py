@@ -19,7 +19,7 @@ from . import reference
 from .types import JunctionScan, empty_scan
 
 BACKENDS = ("reference", "triton", "cpp", "cuda")
-_SCOPES = ("full", "topk")
+SCOPES = ("full", "topk")
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _warned: set[str] = set()
 
@@ -193,10 +193,10 @@ def _junction_scan(logits, *, k, tau, temperature, entropy_scope, sample_from, g
     b, v = logits.shape
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= v:
         raise ValueError(f"k must be an int with 1 <= k <= V = {v}, got {k!r}")
-    if entropy_scope not in _SCOPES:
-        raise ValueError(f"entropy_scope must be one of {_SCOPES}, got {entropy_scope!r}")
-    if sample_from not in _SCOPES:
-        raise ValueError(f"sample_from must be one of {_SCOPES}, got {sample_from!r}")
+    if entropy_scope not in SCOPES:
+        raise ValueError(f"entropy_scope must be one of {SCOPES}, got {entropy_scope!r}")
+    if sample_from not in SCOPES:
+        raise ValueError(f"sample_from must be one of {SCOPES}, got {sample_from!r}")
     if not isinstance(greedy, bool):
         raise TypeError(f"greedy must be a bool, got {type(greedy).__name__}")
     device = logits.device
