@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-_DTYPES = {"f32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "f16": "float16", "float16": "float16"}
+from .decoding.cli import DTYPE_NAMES
 
 
 def _int_list(text: str) -> list[int]:
@@ -20,10 +19,10 @@ def _int_list(text: str) -> list[int]:
 
 def _dtype_list(text: str) -> list[str]:
     names = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [n for n in names if n not in _DTYPES]
+    bad = [n for n in names if n not in DTYPE_NAMES]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"dtypes must be among {sorted(set(_DTYPES))}, got {text!r}")
-    return [_DTYPES[n] for n in names]
+        raise argparse.ArgumentTypeError(f"dtypes must be among {sorted(set(DTYPE_NAMES))}, got {text!r}")
+    return [DTYPE_NAMES[n] for n in names]
 
 
 def _bench_scan(args: argparse.Namespace) -> int:

@@ -15,11 +15,13 @@ import tempfile
 from pathlib import Path
 
 from ..config import GATES, MODEL_DEFAULT, VALUE_MODES, SIAConfig
+from ..ops import BACKENDS, SCOPES
 
 __all__ = ["add_generate_args", "generate_main", "read_prompts", "build_config"]
 
-_DTYPES = {"auto": None, "f32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "f16": "float16", "float16": "float16"}
+DTYPE_NAMES = {"f32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+               "f16": "float16", "float16": "float16"}  # CLI spelling -> torch dtype name
+_DTYPES = {"auto": None, **DTYPE_NAMES}
 
 
 def _eos_arg(text: str):
@@ -66,10 +68,10 @@ def add_generate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     c.add_argument("--k", type=int, default=d.k)
     c.add_argument("--beta", type=float, default=d.beta)
     c.add_argument("--tau", type=_tau_arg, default=d.tau)
-    c.add_argument("--entropy-scope", choices=("topk", "full"), default=d.entropy_scope)
+    c.add_argument("--entropy-scope", choices=SCOPES, default=d.entropy_scope)
     c.add_argument("--temperature", type=float, default=d.temperature)
     c.add_argument("--greedy", action="store_true")
-    c.add_argument("--sample-from", choices=("topk", "full"), default=d.sample_from)
+    c.add_argument("--sample-from", choices=SCOPES, default=d.sample_from)
     c.add_argument("--gate", choices=GATES, default=d.gate)
     c.add_argument("--rate", type=float, default=None, help="gate random / target_rate: share of steered steps")
     c.add_argument("--first-n", type=int, default=None, help="gate first_n: steer the first N positions")
@@ -78,7 +80,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     c.add_argument("--value-mode", choices=VALUE_MODES, default=d.value_mode)
     c.add_argument("--max-junction-batch", type=int, default=d.max_junction_batch)
     c.add_argument("--seed", type=int, default=0, help="batch i uses seed + i")
-    c.add_argument("--backend", choices=("reference", "triton", "cpp", "cuda"), default=None)
+    c.add_argument("--backend", choices=BACKENDS, default=None)
     prof = p.add_argument_group("progress and profiling")
     prof.add_argument("--no-progress", action="store_true")
     prof.add_argument("--nvtx", action="store_true", help="NVTX ranges around each phase (Nsight Systems)")
