@@ -51,7 +51,12 @@ def _is_seq_cls(model) -> bool:
     return type(_unwrap(model)).__name__.endswith("ForSequenceClassification")
 
 
-def _load_backbone(path, kind: str, torch_dtype=None, attn_implementation=None):
+def _load_backbone(path_or_model, kind: str, torch_dtype=None, attn_implementation=None):
+    """A model given as a path is loaded (``kind``: "seq_cls" or "causal_lm"); a model object is
+    used as it is, cast to ``torch_dtype`` when one is given."""
+    if not isinstance(path_or_model, (str, os.PathLike)):
+        return path_or_model if torch_dtype is None else path_or_model.to(torch_dtype)
+    path = path_or_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cls = AutoModelForSequenceClassification if kind == "seq_cls" else AutoModelForCausalLM
@@ -147,10 +152,7 @@ def load_value_model(directory, backbone=None, torch_dtype=None, attn_implementa
             backbone = config["backbone"]
         else:
             raise ValueError(f"{directory} stores no backbone weights or reference; pass backbone=")
-    if isinstance(backbone, (str, os.PathLike)):
-        backbone = _load_backbone(backbone, kind, torch_dtype, attn_implementation)
-    elif torch_dtype is not None:
-        backbone = backbone.to(torch_dtype)
+    backbone = _load_backbone(backbone, kind, torch_dtype, attn_implementation)
     if config.get("has_adapter"):
         from peft import PeftModel
 
@@ -171,11 +173,7 @@ def load_sia_release(backbone_path_or_model, checkpoint_dir, torch_dtype=None, a
     meta = json.loads((directory / "model_config.json").read_text())
     if "model_type" not in meta:
         raise ValueError(f"{directory / 'model_config.json'} has no 'model_type'")
-    backbone = backbone_path_or_model
-    if isinstance(backbone, (str, os.PathLike)):
-        backbone = _load_backbone(backbone, "causal_lm", torch_dtype, attn_implementation)
-    elif torch_dtype is not None:
-        backbone = backbone.to(torch_dtype)
+    backbone = _load_backbone(backbone_path_or_model, "causal_lm", torch_dtype, attn_implementation)
     backbone_type = _unwrap(backbone).config.model_type
     if meta["model_type"] != backbone_type and meta["model_type"] in _known_model_types():
         raise ValueError(f"release was trained on model_type {meta['model_type']!r}, backbone is {backbone_type!r}")
@@ -195,9 +193,7 @@ def _known_model_types() -> set[str]:
 
 def load_reward_model(path_or_model, torch_dtype=None, attn_implementation=None) -> ValueModel:
     """A sequence-classification reward model (``num_labels=1``) as a value model, its own head kept."""
-    model = path_or_model
-    if isinstance(model, (str, os.PathLike)):
-        model = _load_backbone(model, "seq_cls", torch_dtype, attn_implementation)
+    model = _load_backbone(path_or_model, "seq_cls", torch_dtype, attn_implementation)
     if not _is_seq_cls(model):
         raise TypeError(f"path_or_model must be an AutoModelForSequenceClassification, got {type(model).__name__}")
     num_labels = _unwrap(model).config.num_labels
