@@ -54,6 +54,8 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _check_ids(name, ids, dim, device, vocab_size, mask=None):
+    """Type, rank and device of ``ids``; with ``vocab_size`` (not None) also their range, in one
+    host read (only the ``mask``-ed entries, when a mask is given)."""
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
     if ids.dtype not in (torch.int64, torch.int32):
@@ -62,6 +64,8 @@ def _check_ids(name, ids, dim, device, vocab_size, mask=None):
         raise ValueError(f"{name} must be {dim}D, got shape {tuple(ids.shape)}")
     if ids.device != device:
         raise ValueError(f"{name} is on {ids.device} but the value model is on {device}")
+    if vocab_size is None:
+        return
     real = ids if mask is None else ids[mask]
     if real.numel():
         lo, hi = torch.stack(torch.aminmax(real)).tolist()  # one host read
@@ -135,6 +139,12 @@ class ValueModel(torch.nn.Module):
         return int(self.config.get_text_config().vocab_size)
 
     @property
+    def input_vocab_size(self) -> int:
+        """Size of the vocabulary the ids given to this model come from: the base model's when a
+        tokenizer bridge re-tokenizes them, else this model's own."""
+        return self.bridge.base_vocab_size if self.bridge is not None else self.vocab_size
+
+    @property
     def max_positions(self) -> int | None:
         return getattr(self.config.get_text_config(), "max_position_embeddings", None)
 
@@ -173,7 +183,7 @@ class ValueModel(torch.nn.Module):
         bool/int, 1 = real token (left or right padding). Returns ``[B, L]`` f32; padding
         positions hold unspecified values.
         """
-        _check_ids("input_ids", input_ids, 2, self.device, 2**62)
+        _check_ids("input_ids", input_ids, 2, self.device, None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         valid = _check_mask("attention_mask", attention_mask, input_ids.shape, self.device)
@@ -225,8 +235,8 @@ class ValueModel(torch.nn.Module):
             return cache.score(rows, candidates)
         if mode != "prefix":
             raise ValueError(f"mode must be 'prefix' or 'cached', got {mode!r}")
-        vocab = self.bridge.base_vocab_size if self.bridge is not None else self.vocab_size
-        _check_ids("prefix_ids", prefix_ids, 2, self.device, 2**62)
+        vocab = self.input_vocab_size
+        _check_ids("prefix_ids", prefix_ids, 2, self.device, None)
         valid = _check_mask("prefix_mask", prefix_mask, prefix_ids.shape, self.device)
         _check_ids("prefix_ids", prefix_ids, 2, self.device, vocab, mask=valid)
         _check_candidates(candidates, prefix_ids.shape[0], self.device, vocab)
@@ -345,8 +355,8 @@ class ValueCache:
         if input_ids is None:
             B = self.ids.shape[0] if hasattr(self, "ids") else 0
             input_ids = torch.zeros(B, 0, dtype=torch.long, device=m.device)
-        vocab = m.bridge.base_vocab_size if m.bridge is not None else m.vocab_size
-        _check_ids("input_ids", input_ids, 2, m.device, 2**62)
+        vocab = m.input_vocab_size
+        _check_ids("input_ids", input_ids, 2, m.device, None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         valid = _check_mask("attention_mask", attention_mask, input_ids.shape, m.device)
@@ -358,7 +368,7 @@ class ValueCache:
     def append(self, tokens: torch.Tensor) -> None:
         """Record the tokens decoded this step: tokens ``[B]`` i64, one per row (no forward here)."""
         m = self.model
-        vocab = m.bridge.base_vocab_size if m.bridge is not None else m.vocab_size
+        vocab = m.input_vocab_size
         _check_ids("tokens", tokens, 1, m.device, vocab)
         if tokens.shape[0] != self.batch_size:
             raise ValueError(f"tokens must have shape [{self.batch_size}], got {tuple(tokens.shape)}")
@@ -411,7 +421,7 @@ class ValueCache:
         """Scores ``[J, k]`` f32 of candidates ``[J, k]`` after the current sequence of rows ``[J]``."""
         m = self.model
         rows = self._check_rows("rows", rows)
-        vocab = m.bridge.base_vocab_size if m.bridge is not None else m.vocab_size
+        vocab = m.input_vocab_size
         _check_candidates(candidates, rows.shape[0], m.device, vocab)
         if rows.shape[0] == 0:
             return torch.zeros(candidates.shape, dtype=torch.float32, device=m.device)
