@@ -1,21 +1,22 @@
 """``sia generate``: SIA decoding of a jsonl file of prompts.
 
 Output rows keep every input field and add the generation and its stats; a summary table goes to
-stderr at the end. The output file is written to a temporary file next to it and moved into place
-with ``os.replace`` only when every row is done, so an interrupted run never leaves a file that
-looks complete; the input file is never overwritten.
+stderr at the end. Finished rows are written to a hidden temporary file next to the output and
+moved onto it with ``os.replace`` at the end, or when the run stops early (Ctrl-C, SIGTERM, an
+error) with the rows finished so far; ``--resume`` continues such a file and gives the same rows as
+an uninterrupted run. The input file is never overwritten.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ..config import GATES, MODEL_DEFAULT, VALUE_MODES, SIAConfig
+from ..jsonl import JsonlWriter, read_jsonl
 from ..ops import BACKENDS, SCOPES
+from ..runtime import add_runtime_args, check_model_arg, resolve_device
 
 __all__ = ["add_generate_args", "generate_main", "read_prompts", "build_config"]
 
@@ -45,44 +46,58 @@ def _tau_arg(text: str) -> float:
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``sia generate`` arguments (set ``func=generate_main`` on the parser yourself)."""
+    """The ``sia generate`` arguments (set ``func=generate_main`` on the parser yourself; pass
+    ``formatter_class=sia_kernels.runtime.HelpFormatter`` to show the defaults in ``--help``)."""
     io = p.add_argument_group("models and files")
-    io.add_argument("--model", required=True, help="base causal LM (path or hub id)")
-    io.add_argument("--value-model", default=None, help="value model (required unless --gate never)")
+    io.add_argument("--model", required=True, help="base causal LM: a local directory or a Hub id")
+    io.add_argument("--value-model", default=None, help="value model directory (required unless --gate never)")
     io.add_argument("--value-format", choices=("own", "sia-release", "reward-model"), default="own",
                     help="own: ValueModel.save_pretrained; sia-release: the authors' layout; reward-model: a "
                          "sequence-classification reward model (dense mode is then ARGS)")
     io.add_argument("--value-backbone", default=None, help="backbone of a --value-format sia-release checkpoint "
                     "(default: --model)")
-    io.add_argument("--tokenizer", default=None, help="tokenizer (default: --model)")
+    io.add_argument("--tokenizer", default=None, help="tokenizer (default: --model's)")
     io.add_argument("--prompts", required=True, help="input jsonl, one object per line with a prompt field")
-    io.add_argument("--prompt-field", default="prompt")
+    io.add_argument("--prompt-field", default="prompt", help="field of each input row holding the prompt")
     io.add_argument("--output-field", default="generation", help="field the generation is written to")
-    io.add_argument("--out", required=True, help="output jsonl (written atomically)")
+    io.add_argument("--out", required=True, help="output jsonl: finished rows go to a hidden temporary file "
+                    "next to it, moved onto --out at the end, or on Ctrl-C / SIGTERM / an error with the rows "
+                    "finished so far")
     io.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    io.add_argument("--batch-size", type=int, default=8)
-    io.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    io.add_argument("--dtype", choices=sorted(_DTYPES), default="auto")
+    io.add_argument("--resume", action="store_true", help="continue an interrupted --out: keep its rows (they must "
+                    "be the first rows of --prompts) and generate the rest; with the same options, the result "
+                    "equals an uninterrupted run")
+    io.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+    io.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    io.add_argument("--dtype", choices=sorted(_DTYPES), default="auto", help="model weights' dtype (auto: as saved)")
     c = p.add_argument_group("SIA (see SIAConfig)")
     d = SIAConfig()
-    c.add_argument("--k", type=int, default=d.k)
-    c.add_argument("--beta", type=float, default=d.beta)
-    c.add_argument("--tau", type=_tau_arg, default=d.tau)
-    c.add_argument("--entropy-scope", choices=SCOPES, default=d.entropy_scope)
-    c.add_argument("--temperature", type=float, default=d.temperature)
-    c.add_argument("--greedy", action="store_true")
-    c.add_argument("--sample-from", choices=SCOPES, default=d.sample_from)
-    c.add_argument("--gate", choices=GATES, default=d.gate)
+    c.add_argument("--k", type=int, default=d.k, help="candidates scored at a junction")
+    c.add_argument("--beta", type=float, default=d.beta, help="weight of the value: score = logp + beta * V")
+    c.add_argument("--tau", type=_tau_arg, default=d.tau, help="entropy threshold in nats (inf: never steer, "
+                   "-inf: always)")
+    c.add_argument("--entropy-scope", choices=SCOPES, default=d.entropy_scope,
+                   help="entropy over the top-k (the authors' gate) or the full vocabulary")
+    c.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature")
+    c.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
+    c.add_argument("--sample-from", choices=SCOPES, default=d.sample_from,
+                   help="base tokens are sampled from the top-k or the full distribution")
+    c.add_argument("--gate", choices=GATES, default=d.gate, help="when to steer (always = dense ARGS, never = base)")
     c.add_argument("--rate", type=float, default=None, help="gate random / target_rate: share of steered steps")
     c.add_argument("--first-n", type=int, default=None, help="gate first_n: steer the first N positions")
-    c.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    c.add_argument("--eos-token-id", type=_eos_arg, default=MODEL_DEFAULT, help="'model' (default), 'none' or ids")
-    c.add_argument("--value-mode", choices=VALUE_MODES, default=d.value_mode)
-    c.add_argument("--max-junction-batch", type=int, default=d.max_junction_batch)
+    c.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens generated per prompt at most")
+    c.add_argument("--eos-token-id", type=_eos_arg, default=MODEL_DEFAULT,
+                   help="'model' (the model's own, the default), 'none' or comma-separated ids")
+    c.add_argument("--value-mode", choices=VALUE_MODES, default=d.value_mode,
+                   help="cached: the value model keeps a KV cache; prefix: re-run junction prefixes")
+    c.add_argument("--max-junction-batch", type=int, default=d.max_junction_batch,
+                   help="junction rows per value forward")
     c.add_argument("--seed", type=int, default=0, help="batch i uses seed + i")
-    c.add_argument("--backend", choices=BACKENDS, default=None)
-    prof = p.add_argument_group("progress and profiling")
-    prof.add_argument("--no-progress", action="store_true")
+    c.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="junction_scan backend (default: triton on CUDA, cpp on the CPU)")
+    prof = p.add_argument_group("runtime, progress and profiling")
+    add_runtime_args(prof)
+    prof.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     prof.add_argument("--nvtx", action="store_true", help="NVTX ranges around each phase (Nsight Systems)")
     prof.add_argument("--profile", default=None, metavar="DIR", help="write a torch.profiler trace to DIR/trace.json")
     return p
@@ -97,28 +112,22 @@ def build_config(args: argparse.Namespace) -> SIAConfig:
     )
 
 
+def _check_prompt(field: str):
+    def check(row: dict, where: str) -> dict:
+        if not isinstance(row.get(field), str):
+            what = "missing" if field not in row else f"a {type(row[field]).__name__}, not a string"
+            raise ValueError(f"{where}: field {field!r} is {what}")
+        if not row[field].strip():
+            raise ValueError(f"{where}: field {field!r} is an empty prompt")
+        return row
+    return check
+
+
 def read_prompts(path: str | os.PathLike, field: str = "prompt") -> list[dict]:
     """Rows of a jsonl file; a malformed line is a ValueError naming the file and line number."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            if not isinstance(row.get(field), str):
-                what = "missing" if field not in row else f"a {type(row[field]).__name__}, not a string"
-                raise ValueError(f"{path}, line {lineno}: field {field!r} is {what}")
-            if not row[field].strip():
-                raise ValueError(f"{path}, line {lineno}: field {field!r} is an empty prompt")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no prompts (the file has no non-blank lines)")
-    return rows
+    if not isinstance(field, str) or not field:
+        raise ValueError(f"field must be a non-empty string, got {field!r}")
+    return read_jsonl(path, _check_prompt(field))
 
 
 def _load_models(args, device, dtype):
@@ -140,26 +149,58 @@ def _load_models(args, device, dtype):
         else:
             vm = ValueModel.from_reward_model(args.value_model, torch_dtype=torch_dtype)
         vm = vm.to(device).eval()
-    elif args.gate != "never":
-        raise ValueError(f"--value-model is required for --gate {args.gate}")
     return model, tokenizer, vm
 
 
-def _check_paths(args) -> tuple[Path, Path]:
+def _check_args(args) -> tuple[Path, Path]:
+    """Every check that needs no model, so that a bad argument fails in well under a second.
+    Local model paths are expanded in ``args`` (``~``); a missing one is an error, never a Hub lookup."""
     src, out = Path(args.prompts), Path(args.out)
     if not src.is_file():
         raise FileNotFoundError(f"--prompts {src}: no such file")
     if out.exists() and out.resolve() == src.resolve():
         raise ValueError(f"--out {out} is the input file; choose another path (the input is never overwritten)")
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"--out {out} exists; pass --overwrite to replace it")
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if out.exists() and not (args.overwrite or args.resume):
+        raise ValueError(f"--out {out} exists; pass --overwrite to replace it or --resume to continue it")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not out.parent.exists():
         raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
+    for flag in ("model", "value_model", "value_backbone", "tokenizer"):
+        setattr(args, flag, check_model_arg(getattr(args, flag), "--" + flag.replace("_", "-")))
+    if args.value_model is None and args.gate != "never":
+        raise ValueError(f"--value-model is required for --gate {args.gate}")
     return src, out
+
+
+def _check_backend(backend: str | None, device) -> None:
+    if backend in ("triton", "cuda") and device.type != "cuda":
+        if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+            return  # Triton's CPU interpreter (tests)
+        raise ValueError(f"--backend {backend} needs a CUDA device; on the CPU use --backend cpp or reference")
+    if backend == "cpp" and device.type != "cpu":
+        raise ValueError(f"--backend cpp runs on the CPU; on {device} use triton, cuda or reference")
+
+
+def _finished_rows(out: Path, rows: list[dict], args) -> list[dict]:
+    """The rows of an interrupted ``--out`` (for ``--resume``), checked against the input."""
+    if not out.exists():
+        return []
+    done = read_jsonl(out) if out.stat().st_size else []
+    if len(done) > len(rows):
+        raise ValueError(f"--resume: --out {out} has {len(done)} rows but --prompts has only {len(rows)}")
+    for i, (row, got) in enumerate(zip(rows, done)):
+        if any(got.get(key) != value for key, value in row.items()) or args.output_field not in got:
+            raise ValueError(f"--resume: row {i + 1} of --out {out} is not the generation of row {i + 1} of "
+                             f"--prompts {args.prompts}")
+    if len(done) % args.batch_size and len(done) != len(rows):
+        raise ValueError(f"--resume: --out {out} has {len(done)} rows, not a multiple of --batch-size "
+                         f"{args.batch_size}; resume with the --batch-size of the interrupted run")
+    return done
 
 
 def _summary(totals: dict, times: dict) -> str:
@@ -181,59 +222,74 @@ def _summary(totals: dict, times: dict) -> str:
     return "\n".join(f"{a:<{width}}  {b}" for a, b in lines)
 
 
+def _out_row(row: dict, field: str, text: str, st) -> dict:
+    out_row = dict(row)
+    out_row[field] = text
+    out_row["sia"] = {
+        "tokens": st.tokens, "junctions": st.junctions, "intervention_rate": round(st.intervention_rate, 6),
+        "base_token_forwards": st.base_token_forwards, "value_token_forwards": st.value_token_forwards,
+        "finished": st.finished,
+    }
+    return out_row
+
+
 def generate_main(args: argparse.Namespace) -> int:
-    """Run ``sia generate``; returns the exit status (errors raise ValueError / FileNotFoundError)."""
-    import torch
+    """Run ``sia generate``; returns the exit status (errors raise ValueError / FileNotFoundError).
+
+    Rows are written as their batch finishes. On success, or when the run stops early (Ctrl-C,
+    SIGTERM, an error), the rows finished so far replace ``--out``; ``--resume`` then continues
+    it. Batch ``i`` (of the whole input) uses seed ``seed + i`` either way, so a resumed run
+    writes the same rows as an uninterrupted one."""
     from tqdm import tqdm
 
     from .generate import generate
     from .profiling import profile_trace, set_nvtx
 
-    src, out = _check_paths(args)
     config = build_config(args)
+    src, out = _check_args(args)
+    device = resolve_device(args.device)
+    _check_backend(args.backend, device)
     rows = read_prompts(src, args.prompt_field)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    done = _finished_rows(out, rows, args) if args.resume else []
+    if args.resume and len(done) == len(rows):
+        print(f"sia: --out {out} already has all {len(rows)} rows; nothing to do", file=sys.stderr)
+        return 0
     if args.nvtx and not set_nvtx(True):
         print("sia: --nvtx: CUDA is not available; NVTX ranges are off", file=sys.stderr)
-    model, tokenizer, vm = _load_models(args, device, _DTYPES[args.dtype])
+    model, tokenizer, vm = _load_models(args, str(device), _DTYPES[args.dtype])
     keys = ("rows", "tokens", "junctions", "base_padded_token_forwards", "value_token_forwards", "flops_total",
             "wall_time")
     totals = dict.fromkeys(keys, 0)
     times: dict[str, float] = {}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f, profile_trace(args.profile), \
-                tqdm(total=len(rows), desc="sia generate", unit="prompt", disable=args.no_progress,
-                     file=sys.stderr) as bar:
-            for i in range(0, len(rows), args.batch_size):
-                batch = rows[i:i + args.batch_size]
-                cfg = config if config.seed is None else config.replace(seed=config.seed + i // args.batch_size)
-                res = generate(model, vm, prompts=[r[args.prompt_field] for r in batch], tokenizer=tokenizer,
-                               config=cfg)
-                for row, text, st in zip(batch, res.texts, res.row_stats):
-                    out_row = dict(row)
-                    out_row[args.output_field] = text
-                    out_row["sia"] = {
-                        "tokens": st.tokens, "junctions": st.junctions,
-                        "intervention_rate": round(st.intervention_rate, 6),
-                        "base_token_forwards": st.base_token_forwards,
-                        "value_token_forwards": st.value_token_forwards, "finished": st.finished,
-                    }
-                    f.write(json.dumps(out_row, ensure_ascii=False) + "\n")
-                s = res.stats
-                for key in keys:
-                    totals[key] += getattr(s, key)
-                for name, t in s.times.items():
-                    times[name] = times.get(name, 0.0) + t
-                bar.update(len(batch))
-                bar.set_postfix(rate=f"{totals['junctions'] / max(totals['tokens'], 1):.0%}")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with JsonlWriter(out) as writer:
+        for row in done:
+            writer.write(row)
+        try:
+            with profile_trace(args.profile), tqdm(total=len(rows), initial=len(done), desc="sia generate",
+                                                   unit="prompt", disable=args.no_progress, file=sys.stderr) as bar:
+                for i in range(len(done), len(rows), args.batch_size):
+                    batch = rows[i:i + args.batch_size]
+                    cfg = config if config.seed is None else config.replace(seed=config.seed + i // args.batch_size)
+                    res = generate(model, vm, prompts=[r[args.prompt_field] for r in batch], tokenizer=tokenizer,
+                                   config=cfg)
+                    for row, text, st in zip(batch, res.texts, res.row_stats):
+                        writer.write(_out_row(row, args.output_field, text, st))
+                    s = res.stats
+                    for key in keys:
+                        totals[key] += getattr(s, key)
+                    for name, t in s.times.items():
+                        times[name] = times.get(name, 0.0) + t
+                    bar.update(len(batch))
+                    bar.set_postfix(rate=f"{totals['junctions'] / max(totals['tokens'], 1):.0%}")
+        except BaseException as e:
+            if writer.rows:  # keep the finished rows; --resume continues from them
+                writer.commit()
+                why = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped by an error"
+                print(f"sia: {why}: {writer.rows} of {len(rows)} rows are in {out}; run the same command with "
+                      "--resume to finish", file=sys.stderr)
+            raise
+        writer.commit()
     print(_summary(totals, times), file=sys.stderr)
-    print(f"sia: wrote {len(rows)} rows to {out}", file=sys.stderr)
+    print(f"sia: wrote {len(rows)} rows to {out}" + (f" ({len(done)} kept from before)" if done else ""),
+          file=sys.stderr)
     return 0

@@ -17,8 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .bridge import pad_left
-from .model import ValueModel, _unwrap
+from ..jsonl import read_jsonl
+from ..runtime import add_runtime_args, check_model_arg
+from .backbone import unwrap
+from .model import ValueModel
+from .padding import pad_left
 
 __all__ = ["ValueTrainConfig", "train_value", "load_rows", "add_train_value_args", "train_value_main"]
 
@@ -70,7 +73,7 @@ class ValueTrainConfig:
 # ---------------------------------------------------------------------- data
 def _check_row(row, where: str) -> dict:
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected an object with prompt, response, reward")
+        raise ValueError(f"{where}: expected a JSON object with prompt, response, reward, got {type(row).__name__}")
     for key in ("prompt", "response"):
         if not isinstance(row.get(key), str):
             raise ValueError(f"{where}: '{key}' must be a string")
@@ -83,18 +86,10 @@ def _check_row(row, where: str) -> dict:
 def load_rows(data) -> list[dict]:
     """Rows from a jsonl path or a list of dicts; a malformed row raises ValueError naming its line."""
     if isinstance(data, (str, os.PathLike)):
-        rows = []
-        with open(data, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{data} line {n}: invalid JSON ({e.msg})") from None
-                rows.append(_check_row(row, f"{data} line {n}"))
-    else:
-        rows = [_check_row(row, f"data row {n}") for n, row in enumerate(data, 1)]
+        return read_jsonl(data, _check_row)
+    if isinstance(data, dict) or not hasattr(data, "__iter__"):
+        raise TypeError(f"data must be a jsonl path or a list of dicts, got {type(data).__name__}")
+    rows = [_check_row(row, f"data row {n}") for n, row in enumerate(data, 1)]
     if not rows:
         raise ValueError("data holds no rows")
     return rows
@@ -161,7 +156,8 @@ def _eval_loss(vm, examples, pad_id, batch_size, kind) -> float:
 def train_value(backbone_or_path, data, out_dir=None, config: ValueTrainConfig | None = None, tokenizer=None):
     """Train LoRA + head on ``data``; return ``(ValueModel, metrics)``.
 
-    backbone_or_path: a causal LM (it is wrapped in place by peft) or a path/hub id.
+    backbone_or_path: a causal LM (it is wrapped in place by peft) or a path/hub id (a local path
+    is resolved, so the saved model refers to its backbone by an absolute path).
     tokenizer: required with a model; loaded from the path otherwise. out_dir: if given, the
     model (``save_pretrained``), its tokenizer and ``metrics.json`` are written there.
     metrics: ``val_loss_initial``, ``val_loss`` (held-out), ``train_loss`` (last epoch),
@@ -178,8 +174,12 @@ def train_value(backbone_or_path, data, out_dir=None, config: ValueTrainConfig |
     if isinstance(backbone_or_path, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(backbone_or_path))
-        backbone = AutoModelForCausalLM.from_pretrained(str(backbone_or_path))
+        name = str(backbone_or_path)
+        local = os.path.expanduser(name)
+        if os.path.exists(local):  # saved as an absolute path: the model loads from any directory
+            name = str(Path(local).resolve())
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
+        backbone = AutoModelForCausalLM.from_pretrained(name)
     else:
         backbone = backbone_or_path
     if tokenizer is None:
@@ -194,7 +194,7 @@ def train_value(backbone_or_path, data, out_dir=None, config: ValueTrainConfig |
     val = [examples[i] for i in order[:n_val]]
     train = [examples[i] for i in order[n_val:]]
 
-    model_type = _unwrap(backbone).config.model_type
+    model_type = unwrap(backbone).config.model_type
     targets = config.target_modules or DEFAULT_TARGETS.get(model_type, DEFAULT_TARGETS_OTHER)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(targets), bias="none", fan_in_fan_out=model_type == "gpt2")
@@ -244,38 +244,102 @@ def train_value(backbone_or_path, data, out_dir=None, config: ValueTrainConfig |
     }
     if out_dir is not None:
         vm.save_pretrained(out_dir)
-        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return vm, metrics
 
 
 # ---------------------------------------------------------------------- CLI hook
 def add_train_value_args(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``sia train-value``."""
-    parser.add_argument("--backbone", required=True, help="backbone model path or hub id")
-    parser.add_argument("--data", required=True, help="jsonl with prompt, response, reward")
-    parser.add_argument("--out", required=True, help="output directory")
+    """Flags of ``sia train-value`` (pass ``formatter_class=sia_kernels.runtime.HelpFormatter`` to
+    show the defaults in ``--help``)."""
+    parser.add_argument("--backbone", required=True, help="backbone model: a local directory or a Hub id")
+    parser.add_argument("--data", required=True, help="jsonl, one object per line with prompt, response, reward")
+    parser.add_argument("--out", required=True, help="output model directory (written to a temporary directory "
+                        "next to it, moved into place at the end)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     defaults = ValueTrainConfig()
-    flags = {"lora_r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
-             "lr": "--lr", "weight_decay": "--weight-decay", "grad_clip": "--grad-clip",
-             "batch_size": "--batch-size", "grad_accum": "--grad-accum", "epochs": "--epochs",
-             "val_fraction": "--val-fraction", "seed": "--seed", "max_length": "--max-length"}
+    flags = {"lora_r": ("--lora-r", "LoRA rank"), "lora_alpha": ("--lora-alpha", "LoRA alpha"),
+             "lora_dropout": ("--lora-dropout", "LoRA dropout"), "lr": ("--lr", "AdamW learning rate"),
+             "weight_decay": ("--weight-decay", "AdamW weight decay"),
+             "grad_clip": ("--grad-clip", "gradient norm clip"), "batch_size": ("--batch-size", "rows per step"),
+             "grad_accum": ("--grad-accum", "gradient accumulation steps"),
+             "epochs": ("--epochs", "passes over the data"),
+             "val_fraction": ("--val-fraction", "share of rows held out for the validation loss"),
+             "seed": ("--seed", "seed of the split, the order and LoRA's init"),
+             "max_length": ("--max-length", "tokens per row at most (prompt cut from the left)")}
     for f in fields(ValueTrainConfig):
         if f.name in flags:
+            flag, text = flags[f.name]
             default = getattr(defaults, f.name)
-            parser.add_argument(flags[f.name], dest=f.name, type=type(default), default=default,
-                                help=f"default {default}")
+            parser.add_argument(flag, dest=f.name, type=type(default), default=default, help=text)
     parser.add_argument("--loss", choices=sorted(LOSSES), default=defaults.loss,
                         help="sequence: the paper's (mean_t V_t - R)^2; token: mean_t (V_t - R)^2")
     parser.add_argument("--target-modules", nargs="+", default=None,
                         help="LoRA target modules (default: the family's attention projections)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_runtime_args(parser)
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _new_dir_next_to(out: Path) -> Path:
+    """A fresh hidden directory beside ``out``, mode 0o777 minus the umask (mkdtemp gives 0o700)."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
+def _honour_umask(tree: Path) -> None:
+    """Give every file under ``tree`` mode 0o666 minus the umask: safetensors writes 0o600."""
+    mode = 0o666 & ~_umask()
+    for path in tree.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def train_value_main(args: argparse.Namespace) -> int:
-    """Run ``sia train-value``; print the metrics as JSON; return the exit code."""
+    """Run ``sia train-value``; print the metrics as JSON; return the exit code. The model is
+    written to a temporary directory and moved onto ``--out`` only when training finished, so an
+    interrupted run leaves ``--out`` as it was."""
+    import shutil
+
+    out = Path(args.out)
+    _check_out_dir(out, args.overwrite)
+    if not os.path.isfile(args.data):
+        raise FileNotFoundError(f"--data {args.data}: no such file")
+    backbone = check_model_arg(args.backbone, "--backbone")
     names = {f.name for f in fields(ValueTrainConfig)} - {"progress", "target_modules"}
     config = ValueTrainConfig(**{n: getattr(args, n) for n in names},
                               target_modules=args.target_modules, progress=not args.no_progress)
-    _, metrics = train_value(args.backbone, args.data, out_dir=args.out, config=config)
+    load_rows(args.data)  # a malformed row fails before the backbone is loaded
+    tmp = _new_dir_next_to(out)
+    try:
+        _, metrics = train_value(backbone, args.data, out_dir=tmp, config=config)
+        _honour_umask(tmp)
+        if out.exists():
+            old = _new_dir_next_to(out)
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2))
     return 0

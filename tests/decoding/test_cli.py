@@ -2,6 +2,8 @@
 import argparse
 import importlib
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -53,7 +55,7 @@ def test_generate_writes_rows_with_input_fields_and_stats(checkpoint, tmp_path, 
         assert s["value_token_forwards"] > 0
     err = capsys.readouterr().err
     assert "intervention rate" in err and "value token-forwards" in err and "tokens / s" in err
-    assert not list(tmp_path.glob("*.partial"))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     # An existing output is not replaced without --overwrite; the input is never the output.
     with pytest.raises(ValueError, match="--overwrite"):
         run(argv)
@@ -63,25 +65,28 @@ def test_generate_writes_rows_with_input_fields_and_stats(checkpoint, tmp_path, 
 
 
 @pytest.mark.parametrize("text,msg", [
-    ('{"prompt": "w4"}\n\n{"prompt": "w5"\n', "line 3: not valid JSON"),
+    ('{"prompt": "w4"}\n\n{"prompt": "w5"\n', "line 3: invalid JSON"),
     ('{"prompt": "w4"}\n{"text": "w5"}\n', "line 2: field 'prompt' is missing"),
     ('{"prompt": 5}\n', "line 1: field 'prompt' is a int"),
     ('{"prompt": "  "}\n', "line 1: field 'prompt' is an empty prompt"),
     ('[1, 2]\n', "line 1: expected a JSON object"),
-    ('\n\n', "no prompts"),
+    ('\n\n', "no rows"),
+    (b'{"prompt": "w4"}\n{"prompt": "\xff"}\n', "line 2: not UTF-8"),
 ])
 def test_malformed_jsonl_names_the_line(tmp_path, text, msg):
     src = tmp_path / "in.jsonl"
-    src.write_text(text)
+    src.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ValueError, match=msg):
         cli.read_prompts(src)
 
 
-def test_interrupted_run_leaves_no_output(checkpoint, tmp_path, monkeypatch):
-    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_jsonl(src, [{"prompt": "w4 w5"}] * 4)
+def test_interrupt_keeps_finished_rows_and_resume_equals_an_uninterrupted_run(checkpoint, tmp_path, monkeypatch):
+    src, out, full = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "full.jsonl"
+    write_jsonl(src, [{"i": i, "prompt": f"w4 w{5 + i}"} for i in range(5)])
+    argv = ["--model", str(checkpoint / "base"), "--value-model", str(checkpoint / "value"), "--prompts", str(src),
+            "--batch-size", "2", "--max-new-tokens", "4", "--k", "4", "--tau", "0.5", "--seed", "3", "--no-progress"]
+    assert run(argv + ["--out", str(full)]) == 0  # sampled (temperature 1): the seeds matter
     gen_mod = importlib.import_module("sia_kernels.decoding.generate")  # the module, not the function
-
     real, calls = gen_mod.generate, []
 
     def flaky(*a, **kw):
@@ -92,9 +97,35 @@ def test_interrupted_run_leaves_no_output(checkpoint, tmp_path, monkeypatch):
 
     monkeypatch.setattr(gen_mod, "generate", flaky)
     with pytest.raises(KeyboardInterrupt):
+        run(argv + ["--out", str(out)])
+    # the first batch is kept, complete; no temporary file is left
+    assert out.read_text().splitlines() == full.read_text().splitlines()[:2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.jsonl", "in.jsonl", "out.jsonl"]
+    monkeypatch.setattr(gen_mod, "generate", real)
+    with pytest.raises(ValueError, match="--resume"):
+        run(argv + ["--out", str(out)])  # neither --overwrite nor --resume
+    with pytest.raises(ValueError, match="--batch-size"):
+        run(argv + ["--out", str(out), "--resume", "--batch-size", "3"])
+    assert run(argv + ["--out", str(out), "--resume"]) == 0
+    assert out.read_bytes() == full.read_bytes()
+    assert run(argv + ["--out", str(out), "--resume"]) == 0  # complete already: nothing to do
+    assert out.read_bytes() == full.read_bytes()
+    # --resume refuses a file that is not this input's generation
+    write_jsonl(src, [{"i": i, "prompt": f"w6 w{5 + i}"} for i in range(5)])
+    with pytest.raises(ValueError, match="row 1 of --out"):
+        run(argv + ["--out", str(out), "--resume"])
+
+
+def test_output_honours_the_umask(checkpoint, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(src, [{"prompt": "w4"}])
+    old = os.umask(0o027)
+    try:
         run(["--model", str(checkpoint / "base"), "--gate", "never", "--prompts", str(src), "--out", str(out),
-             "--batch-size", "2", "--max-new-tokens", "3", "--no-progress"])
-    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+             "--max-new-tokens", "2", "--no-progress"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
 
 
 def test_cli_argument_errors(checkpoint, tmp_path):

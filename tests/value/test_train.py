@@ -1,7 +1,9 @@
 """Training (the paper's loss, LoRA via peft), checkpoint round trips, the release layout, the CLI hook."""
 import argparse
 import json
+import os
 import random
+import stat
 
 import pytest
 import torch
@@ -44,7 +46,7 @@ def test_training_halves_held_out_loss_and_ranks_the_marked_token_first(trained)
     rng = random.Random(1)
     prefixes = [[rng.randrange(10, 40) for _ in range(3)] + [rng.choice([MARK, rng.randrange(10, 20)])
                                                               for _ in range(rng.randrange(0, 7))] for _ in range(16)]
-    from sia_kernels.value.bridge import pad_left
+    from sia_kernels.value.padding import pad_left
 
     ids, mask = pad_left(prefixes, 0)
     cand = torch.tensor([[12, MARK, 15, 18]] * len(prefixes))
@@ -91,7 +93,7 @@ def test_malformed_rows_name_their_line(tmp_path):
         "{not json": "line 3: invalid JSON",
         json.dumps({"prompt": "t2", "response": "t3"}): "line 3: 'reward' must be a finite number",
         json.dumps({"prompt": 5, "response": "t3", "reward": 0}): "line 3: 'prompt' must be a string",
-        json.dumps([1, 2]): "line 3: expected an object",
+        json.dumps([1, 2]): "line 3: expected a JSON object",
     }
     for bad, message in cases.items():
         path = tmp_path / "data.jsonl"
@@ -106,7 +108,7 @@ def test_malformed_rows_name_their_line(tmp_path):
         ValueTrainConfig(val_fraction=1.0)
 
 
-def test_cli_hook_trains_saves_and_loads(tmp_path):
+def test_cli_hook_trains_saves_and_loads(tmp_path, monkeypatch):
     backbone_dir = tmp_path / "backbone"
     tiny_causal_lm("llama").save_pretrained(backbone_dir)
     word_tokenizer([f"t{i}" for i in range(2, VOCAB)]).save_pretrained(backbone_dir)
@@ -114,18 +116,33 @@ def test_cli_hook_trains_saves_and_loads(tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(24)))
     parser = argparse.ArgumentParser()
     add_train_value_args(parser)
+    monkeypatch.chdir(tmp_path)  # a relative --backbone is stored as an absolute path
+    argv = ["--backbone", "backbone", "--data", "train.jsonl", "--out", "out", "--lr", "1e-3", "--epochs", "1",
+            "--batch-size", "8", "--lora-r", "4", "--target-modules", "q_proj", "v_proj", "--no-progress"]
+    old_umask = os.umask(0o022)
+    try:
+        assert train_value_main(parser.parse_args(argv)) == 0
+    finally:
+        os.umask(old_umask)
     out = tmp_path / "out"
-    args = parser.parse_args(["--backbone", str(backbone_dir), "--data", str(data), "--out", str(out),
-                              "--lr", "1e-3", "--epochs", "1", "--batch-size", "8", "--lora-r", "4",
-                              "--target-modules", "q_proj", "v_proj", "--no-progress"])
-    assert train_value_main(args) == 0
     config = json.loads((out / "value_config.json").read_text())
-    assert config["backbone"] == str(backbone_dir) and not config["has_backbone_weights"]  # a reference
+    assert config["backbone"] == str(backbone_dir.resolve()) and not config["has_backbone_weights"]  # a reference
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in out.rglob("*") if p.is_file())  # not 0600
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+    monkeypatch.chdir(tmp_path.parent)
     vm = ValueModel.from_pretrained(out)
     ids = torch.randint(0, VOCAB, (2, 6))
     assert vm.score_candidates(ids, torch.ones_like(ids, dtype=torch.bool), ids[:, :3]).shape == (2, 3)
+    # an existing model directory is replaced only with --overwrite, and then completely
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="--overwrite"):
+        train_value_main(parser.parse_args(argv))
+    (out / "stale.txt").write_text("from an older model")
+    assert train_value_main(parser.parse_args(argv + ["--overwrite", "--lora-r", "2"])) == 0
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 2
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone", "out", "train.jsonl"]  # no temporary dirs
 
 
 def _make_release(tmp_path, family):
