@@ -3,7 +3,8 @@
 For J junction rows with a prefix of L tokens and k candidates:
   reforward    (released SIA code) k forwards of [J, L + 1]          -> k·J·(L + 1) token-forwards
   tree_prefix  one forward of prefix + k candidates, 4D mask          -> J·(L + k)
-  tree_cached  steady decode step: 1 catch-up token per row + k       -> J·(1 + k)
+  tree_cached  steady decode step: the token since the last call + k  -> J·(1 + k) (J·k when the
+               row went on with one of its candidates: that KV is kept)
 Reports measured token-forwards (from ValueModel.counters) and wall-clock, each as a ratio to
 reforward; the expected token-forward ratio of tree_prefix is k·(L + 1)/(L + k).
 Appends rows to bench/results/value.csv (device, date, commit, ...) and prints a table.

@@ -1,6 +1,7 @@
 """Configuration dataclasses, validated with ValueError / TypeError naming the field (never assert)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 
@@ -62,18 +63,23 @@ class SIAConfig:
     entropy_scope: ``"topk"`` (the released code's, max ln k) or ``"full"``.
     temperature / greedy: sampling of every row (steered or not); ``greedy=True`` takes argmaxes.
     sample_from: non-junction rows sample from the ``"topk"`` candidates or the ``"full"`` vocabulary.
-    gate: ``"entropy"`` (H > tau), ``"always"`` (dense ARGS), ``"never"`` (the base model),
-    ``"random"`` (each row steered with probability ``rate``), ``"first_n"`` (the first ``first_n``
-    generated positions), ``"target_rate"`` (tau calibrated from entropy quantiles so that a
-    share ``rate`` of steps are junctions).
+    gate: ``"entropy"`` (junction when H > tau, strictly; the authors' release gates with H >= tau:
+    pass ``tau=numpy.nextafter(numpy.float32(t), numpy.float32(-inf))`` to reproduce it, since H is
+    f32), ``"always"`` (dense ARGS), ``"never"`` (the base model), ``"random"`` (each row steered
+    with probability ``rate``), ``"first_n"`` (only the first ``first_n`` generated positions),
+    ``"target_rate"`` (tau calibrated from entropy quantiles so that a share ``rate`` of steps are
+    junctions). first_n: with ``"entropy"``, ``"random"`` or ``"target_rate"`` it adds to the gate:
+    the first ``first_n`` generated positions are always steered (the release's ``intervene_num``).
     max_new_tokens: tokens generated per row at most. eos_token_id: an id or a list of ids;
     ``MODEL_DEFAULT`` takes the model's; ``None`` never stops early.
-    value_mode: ``"cached"`` (the value model keeps its own KV cache), ``"prefix"`` (re-runs the
-    junction rows' prefixes; memory-light) or ``"auto"`` (re-runs prefixes until they have cost
-    as much as catching the cache up, then catches up: at most twice the better mode's value
-    forwards, and sparse, scattered junctions stop paying for every row's catch-up). max_junction_batch: junction rows per value forward
-    (``None``: all at once). seed: seeds the one generator that drives all sampling (``None``:
-    nondeterministic). backend: the ``junction_scan`` backend (``None``: automatic).
+    value_mode: ``"cached"`` (the value model keeps a KV cache per row: one value forward per
+    steered step carries each junction row's pending tokens and its k candidates, the chosen
+    candidate's KV is kept; no forward on steps without a junction), ``"prefix"`` (re-runs the
+    junction rows' prefixes: no state, memory-light) or ``"auto"`` (kept for old configs: the same
+    as ``"cached"``, which never runs more value forwards or token-forwards than ``"prefix"``).
+    max_junction_batch: junction rows per value forward (``None``: all at once). seed: seeds the
+    one generator that drives all sampling (``None``: nondeterministic). backend: the
+    ``junction_scan`` backend (``None``: automatic).
     """
 
     k: int = 10
@@ -113,12 +119,13 @@ class SIAConfig:
                 raise ValueError(f"SIAConfig.rate must be in [0, 1], got {self.rate}")
         elif self.rate is not None:
             raise ValueError(f"SIAConfig.rate applies to gate 'random' or 'target_rate', not {self.gate!r}")
-        if self.gate == "first_n":
-            if self.first_n is None:
-                raise ValueError("SIAConfig.first_n is required for gate='first_n' (an int >= 0)")
+        if self.gate == "first_n" and self.first_n is None:
+            raise ValueError("SIAConfig.first_n is required for gate='first_n' (an int >= 0)")
+        if self.first_n is not None:
+            if self.gate in ("always", "never"):
+                raise ValueError(f"SIAConfig.first_n applies to gates 'first_n', 'entropy', 'random' and "
+                                 f"'target_rate', not {self.gate!r}")
             _int("first_n", self.first_n, 0)
-        elif self.first_n is not None:
-            raise ValueError(f"SIAConfig.first_n applies to gate 'first_n', not {self.gate!r}")
         _int("max_new_tokens", self.max_new_tokens, 1)
         self.eos_token_id = _eos(self.eos_token_id)
         _choice("value_mode", self.value_mode, VALUE_MODES)
@@ -128,13 +135,8 @@ class SIAConfig:
             _choice("backend", self.backend, BACKENDS)
 
     def replace(self, **changes) -> "SIAConfig":
-        """A validated copy with ``changes`` applied."""
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        unknown = set(changes) - set(kw)
-        if unknown:
-            raise TypeError(f"SIAConfig has no field(s) {sorted(unknown)}")
-        kw.update(changes)
-        return SIAConfig(**kw)
+        """A validated copy with ``changes`` applied (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -7,8 +7,8 @@ import torch
 
 from ..config import SIAConfig
 from ..value import ValueModel
-from ..value.bridge import pad_left
-from .generate import GenerationResult, _check_models, generate, prepare_inputs, resolve_special_tokens
+from ..value.padding import pad_left
+from .generate import GenerationResult, check_models, generate, prepare_inputs, resolve_special_tokens
 
 __all__ = ["best_of_n", "BestOfNResult", "score_sequences"]
 
@@ -69,7 +69,7 @@ def best_of_n(model, value_model=None, *, input_ids=None, attention_mask=None, p
         if value_model is None:
             raise ValueError("scorer='value' needs a value model")
         scorer = value_model
-    _check_models(model, value_model, tokenizer, config)
+    check_models(model, value_model, tokenizer, config)
     _, pad = resolve_special_tokens(model, tokenizer, config)
     ids, mask = prepare_inputs(model, input_ids=input_ids, attention_mask=attention_mask, prompts=prompts,
                                tokenizer=tokenizer, config=config, pad_token_id=pad)

@@ -16,14 +16,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..config import MODEL_DEFAULT, SIAConfig
-from ..value.bridge import pad_left
-from ..value.model import positions_from_mask
+from ..value.hf_cache import cache_keyword, new_cache
+from ..value.padding import pad_left, positions_from_mask
 from .profiling import phase
 from .step import DecodeState, StepStats, decode_step
 
 __all__ = [
     "generate", "GenerationResult", "GenerationStats", "RowStats", "prefill", "decode_one_token",
-    "prepare_inputs", "resolve_special_tokens", "calibrate_tau", "count_parameters",
+    "prepare_inputs", "resolve_special_tokens", "calibrate_tau", "count_parameters", "check_models",
+    "value_inputs",
 ]
 
 
@@ -32,8 +33,9 @@ __all__ = [
 @dataclass
 class RowStats:
     """One row. ``tokens`` counts generated tokens up to and including EOS; ``base_token_forwards``
-    the row's real tokens run through the base model; ``value_token_forwards`` the value-model
-    token-forwards spent on the row (its catch-up / prefix tokens, plus k per junction)."""
+    the row's real tokens run through the base model (counted: the prompt, then each generated
+    token fed back, EOS included when the batch went on); ``value_token_forwards`` the value-model
+    token-forwards spent on the row (its pending / prefix tokens, plus k per junction)."""
 
     tokens: int
     junctions: int
@@ -46,6 +48,8 @@ class RowStats:
 @dataclass
 class GenerationStats:
     """Totals. ``*_padded_token_forwards`` count every position computed (padding included);
+    ``base_forwards`` / ``value_forwards`` count model forwards (calls of the backbone: on a GPU
+    at decode batch sizes each reads all weights, so this is the cost that matters);
     FLOPs are ``2 · parameters · padded token-forwards`` for each model. Times are host wall
     seconds per phase (see :mod:`~sia_kernels.decoding.profiling` on CUDA timing)."""
 
@@ -69,6 +73,8 @@ class GenerationStats:
     wall_time: float
     tokens_per_s: float
     times: dict = field(default_factory=dict)
+    base_forwards: int = 0
+    value_forwards: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,26 +130,15 @@ def resolve_special_tokens(model, tokenizer, config: SIAConfig) -> tuple[list[in
 
 def prepare_inputs(model, *, input_ids=None, attention_mask=None, prompts=None, tokenizer=None,
                    config: SIAConfig, pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``ids [B, P]`` i64 and ``mask [B, P]`` bool on the model's device, validated:
-    a non-empty batch, no empty prompt, prompt + max_new_tokens within the model's context."""
+    """Left-padded ``ids [B, P]`` i64 and ``mask [B, P]`` bool on the model's device: a non-empty
+    batch, ids within the base model's vocabulary, prompt + max_new_tokens within its context
+    (one host read). Empty prompts and left padding are checked once, by :class:`DecodeState`."""
     device = _device_of(model)
     if (input_ids is None) == (prompts is None):
         raise ValueError("give exactly one of input_ids= or prompts=")
     if prompts is not None:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not isinstance(prompts, (list, tuple)) or not prompts:
-            raise ValueError("prompts must be a non-empty list of strings")
-        if tokenizer is None:
-            raise ValueError("prompts= needs tokenizer=")
-        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-        if bad:
-            raise TypeError(f"prompt {bad[0]} is a {type(prompts[bad[0]]).__name__}, not a string")
-        seqs = [list(tokenizer(p)["input_ids"]) for p in prompts]
-        empty = [i for i, s in enumerate(seqs) if not s]
-        if empty:
-            raise ValueError(f"prompt {empty[0]} is empty (no tokens)")
-        ids, mask = pad_left(seqs, pad_token_id, device)
+        ids, mask = pad_left(_tokenize("prompts", prompts, tokenizer), pad_token_id, device)
+        longest = int(mask.shape[1])
     else:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError("input_ids must be an int64 tensor [B, P]")
@@ -156,16 +151,12 @@ def prepare_inputs(model, *, input_ids=None, attention_mask=None, prompts=None, 
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}")
         ids, mask = input_ids.to(device).long(), attention_mask.to(device).bool()
-        lengths = mask.sum(-1)
-        if bool((lengths == 0).any()):
-            raise ValueError(f"prompt {int((lengths == 0).nonzero()[0])} is empty (attention_mask all 0)")
-        if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
-            raise ValueError("prompts must be left-padded (attention_mask 0s before the 1s in every row)")
+        real = torch.where(mask, ids, 0)
+        lo, hi, longest = torch.stack([real.amin(), real.amax(), mask.long().sum(-1).amax()]).tolist()
         vocab = model.config.get_text_config().vocab_size
-        if int(ids[mask].min()) < 0 or int(ids[mask].max()) >= vocab:
+        if lo < 0 or hi >= vocab:
             raise ValueError(f"input_ids hold token ids outside the base model's vocabulary [0, {vocab})")
     ctx = _context_length(model)
-    longest = int(mask.sum(-1).max())
     if ctx is not None and longest + config.max_new_tokens > ctx:
         raise ValueError(
             f"a prompt of {longest} tokens plus max_new_tokens={config.max_new_tokens} exceeds the model's "
@@ -174,7 +165,59 @@ def prepare_inputs(model, *, input_ids=None, attention_mask=None, prompts=None, 
     return ids, mask
 
 
-def _check_models(model, value_model, tokenizer, config: SIAConfig) -> None:
+def _tokenize(name: str, texts, tokenizer) -> list[list[int]]:
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)) or not texts:
+        raise ValueError(f"{name} must be a non-empty list of strings")
+    if tokenizer is None:
+        raise ValueError(f"{name}= needs tokenizer=")
+    bad = [i for i, p in enumerate(texts) if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"{name[:-1]} {bad[0]} is a {type(texts[bad[0]]).__name__}, not a string")
+    return [list(tokenizer(p)["input_ids"]) for p in texts]
+
+
+def value_inputs(ids: torch.Tensor, mask: torch.Tensor, *, value_prompts=None, value_template: str | None = None,
+                 prompts=None, tokenizer=None, pad_token_id: int = 0):
+    """The value model's own prompts, left-padded ``[B, Pv]`` (or ``(None, None)``: it sees the prompts).
+
+    value_prompts: one string (tokenized with ``tokenizer``) or id list per row.
+    value_template: a format string with ``{prompt}`` (e.g. a chat template's text), applied to each
+    prompt's text (``prompts``, or ``input_ids`` decoded with ``tokenizer``) for the value model only.
+    """
+    if value_prompts is None and value_template is None:
+        return None, None
+    if value_prompts is not None and value_template is not None:
+        raise ValueError("give value_prompts= or value_template=, not both")
+    B = ids.shape[0]
+    if value_template is not None:
+        if not isinstance(value_template, str) or "{prompt}" not in value_template:
+            raise ValueError("value_template must be a string containing '{prompt}'")
+        if tokenizer is None:
+            raise ValueError("value_template= needs tokenizer=")
+        if prompts is None:
+            prompts = [tokenizer.decode(r, skip_special_tokens=True)
+                       for r in _real_rows(ids, mask)]
+        value_prompts = [value_template.replace("{prompt}", p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
+    if not isinstance(value_prompts, (list, tuple)) or len(value_prompts) != B:
+        raise ValueError(f"value_prompts must hold one prompt per row ({B})")
+    if all(isinstance(p, str) for p in value_prompts):
+        seqs = _tokenize("value_prompts", list(value_prompts), tokenizer)
+    elif all(isinstance(p, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+             for p in value_prompts):
+        seqs = [list(p) for p in value_prompts]
+    else:
+        raise TypeError("value_prompts must be strings or lists of token ids")
+    return pad_left(seqs, pad_token_id, ids.device)
+
+
+def _real_rows(ids, mask) -> list[list[int]]:
+    return [[t for t, m in zip(r, mr) if m] for r, mr in zip(ids.tolist(), mask.tolist())]
+
+
+def check_models(model, value_model, tokenizer, config: SIAConfig) -> None:
+    """The base and value models can decode together: types, one device, one vocabulary (or a bridge)."""
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"model must be a Hugging Face causal LM, got {type(model).__name__}")
     if config.gate == "never":
@@ -195,24 +238,13 @@ def count_parameters(module) -> int:
 
 # ---------------------------------------------------------------- the base model
 
-def _new_cache(model):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
-
-
-def _forward_kwargs(model) -> tuple[str, bool]:
-    """The model's cache keyword and whether it takes ``logits_to_keep`` (read once per class)."""
-    return _forward_kwargs_of(type(model))
+def _takes_logits_to_keep(model) -> bool:
+    return _takes_logits_to_keep_of(type(model))
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_kwargs_of(cls) -> tuple[str, bool]:
-    params = inspect.signature(cls.forward).parameters
-    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
+def _takes_logits_to_keep_of(cls) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, kv) -> torch.Tensor:
@@ -220,28 +252,27 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, kv) ->
 
     Position ids count real tokens (left padding: pads sit at 0), as Hugging Face's generate does.
     """
-    cache_kw, keep = _forward_kwargs(model)
     pos = positions_from_mask(attention_mask)
-    extra = {"logits_to_keep": 1} if keep else {}
+    extra = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                use_cache=True, **{cache_kw: kv}, **extra)
+                use_cache=True, **{cache_keyword(model): kv}, **extra)
     return out.logits[:, -1]
 
 
 def decode_one_token(model, tokens: torch.Tensor, attention_mask: torch.Tensor, kv) -> torch.Tensor:
     """Feed ``tokens [B]`` (``attention_mask [B, L]`` already includes them); logits ``[B, V]``."""
-    cache_kw, _ = _forward_kwargs(model)
     pos = attention_mask.long().sum(-1, keepdim=True) - 1
     out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=pos,
-                use_cache=True, **{cache_kw: kv})
+                use_cache=True, **{cache_keyword(model): kv})
     return out.logits[:, -1]
 
 
 # ---------------------------------------------------------------- the loop
 
 def _decode(model, value_model, state: DecodeState, config: SIAConfig) -> tuple[list[StepStats], int]:
-    """The one loop. Returns the step stats and the number of base decode forwards."""
-    kv = _new_cache(model)
+    """The one loop. Returns the step stats and the number of base decode forwards (the prefill
+    not included); counts each row's base token-forwards into ``state.row_base_tokens``."""
+    kv = new_cache(model.config)
     steps: list[StepStats] = []
     forwards = 0
     with phase("base_forward", state.times):
@@ -256,6 +287,10 @@ def _decode(model, value_model, state: DecodeState, config: SIAConfig) -> tuple[
         with phase("base_forward", state.times):
             logits = decode_one_token(model, tokens, state.mask, kv)
         forwards += 1
+        for b, done in enumerate(st.finished):  # the token fed back is real for rows still running
+            if not done:
+                state.row_base_tokens[b] += 1
+    state.flush()
     return steps, forwards
 
 
@@ -283,7 +318,8 @@ def calibrate_tau(model, *, input_ids, attention_mask, config: SIAConfig, eos_to
 
 
 def generate(model, value_model=None, *, input_ids=None, attention_mask=None, prompts=None, tokenizer=None,
-             config: SIAConfig, teacher_tokens=None) -> GenerationResult:
+             config: SIAConfig, teacher_tokens=None, value_prompts=None, value_template: str | None = None
+             ) -> GenerationResult:
     """SIA generation for a batch of prompts (DESIGN.md §4).
 
     model: a Hugging Face causal LM. value_model: a :class:`~sia_kernels.value.ValueModel`
@@ -293,10 +329,12 @@ def generate(model, value_model=None, *, input_ids=None, attention_mask=None, pr
 
     teacher_tokens: for tests, ``[B, T]`` tokens to force at steps ``0..T-1``, or a callable
     ``(step, tokens [B]) -> tokens [B] | None``; gates and values still run on the forced path.
+    value_prompts / value_template: what the value model sees instead of the prompt (see
+    :func:`value_inputs`), e.g. the chat-wrapped prompt a released value model was trained on.
     """
     if not isinstance(config, SIAConfig):
         raise TypeError(f"config must be an SIAConfig, got {type(config).__name__}")
-    _check_models(model, value_model, tokenizer, config)
+    check_models(model, value_model, tokenizer, config)
     eos, pad = resolve_special_tokens(model, tokenizer, config)
     ids, mask = prepare_inputs(model, input_ids=input_ids, attention_mask=attention_mask, prompts=prompts,
                                tokenizer=tokenizer, config=config, pad_token_id=pad)
@@ -305,7 +343,10 @@ def generate(model, value_model=None, *, input_ids=None, attention_mask=None, pr
     if config.gate == "target_rate":
         tau = calibrate_tau(model, input_ids=ids, attention_mask=mask, config=config, eos_token_id=eos, pad_token_id=pad)
     vm = value_model if config.gate != "never" else None
-    state = DecodeState(ids, mask, vm, config, eos_token_id=eos, pad_token_id=pad, tau=tau)
+    vids, vmask = value_inputs(ids, mask, value_prompts=value_prompts, value_template=value_template,
+                               prompts=prompts, tokenizer=tokenizer, pad_token_id=pad)
+    state = DecodeState(ids, mask, vm, config, eos_token_id=eos, pad_token_id=pad, tau=tau,
+                        value_input_ids=vids, value_attention_mask=vmask)
     if teacher_tokens is not None:
         state.token_hook = _teacher_hook(teacher_tokens)
     before = _counters(vm)
@@ -326,11 +367,11 @@ def _teacher_hook(teacher_tokens):
     return hook
 
 
-def _counters(vm) -> tuple[int, int, int, int]:
+def _counters(vm) -> tuple[int, int, int, int, int]:
     if vm is None:
-        return (0, 0, 0, 0)
+        return (0, 0, 0, 0, 0)
     c = vm.counters
-    return (c.token_forwards, c.padded_token_forwards, c.calls, c.rows_scored)
+    return (c.token_forwards, c.padded_token_forwards, c.calls, c.rows_scored, c.forwards)
 
 
 def _result(model, vm, state: DecodeState, steps, forwards, before, wall, tokenizer) -> GenerationResult:
@@ -342,14 +383,14 @@ def _result(model, vm, state: DecodeState, steps, forwards, before, wall, tokeni
             tokens=n,
             junctions=state.row_junctions[b],
             intervention_rate=state.row_junctions[b] / n if n else 0.0,
-            base_token_forwards=state.prompt_lengths[b] + max(n - 1, 0),
+            base_token_forwards=state.row_base_tokens[b],
             value_token_forwards=state.row_value_tokens[b],
             finished=bool(finished[b]),
         )
         for b, n in enumerate(tokens)
     ]
     after = _counters(vm)
-    vtok, vpad, vcalls, vrows = (a - b for a, b in zip(after, before))
+    vtok, vpad, vcalls, vrows, vfwd = (a - b for a, b in zip(after, before))
     base_pad = B * P + B * forwards
     p_base, p_value = count_parameters(model), count_parameters(vm)
     total_tokens = sum(tokens)
@@ -364,6 +405,7 @@ def _result(model, vm, state: DecodeState, steps, forwards, before, wall, tokeni
         flops_base=2.0 * p_base * base_pad, flops_value=2.0 * p_value * vpad,
         flops_total=2.0 * (p_base * base_pad + p_value * vpad),
         wall_time=wall, tokens_per_s=total_tokens / wall if wall > 0 else 0.0, times=dict(state.times),
+        base_forwards=forwards + 1, value_forwards=vfwd,
     )
     texts = None
     if tokenizer is not None:

@@ -37,6 +37,11 @@ class SIALogitsProcessor:
     One processor follows one ``generate`` call at a time; it restarts by itself when the batch
     is not exactly one token longer than at its last call; call ``reset()`` between ``generate``
     calls to be sure. ``steps`` holds each step's :class:`StepStats`.
+
+    Beam search (``num_beams > 1``) is refused: it reorders the rows between steps, so a row's
+    history is no longer the one the processor (and its value cache) followed. Each call checks
+    that Hugging Face's ``input_ids`` still extend the processor's history (on the device; read
+    with the step's one host sync) and raises ValueError when they do not.
     """
 
     def __init__(self, value_model, config: SIAConfig, *, attention_mask: torch.Tensor | None = None,
@@ -60,18 +65,29 @@ class SIALogitsProcessor:
         self.state = None
         self.steps = []
 
+    def flush(self) -> None:
+        """Run the checks deferred to the next step's host read (a NaN value, reordered rows) now:
+        call it after ``model.generate`` returns, which has no next step."""
+        if self.state is not None:
+            self.state.flush()
+
     def _sync_state(self, input_ids: torch.Tensor) -> DecodeState:
         """Start a state on a new prompt, or append the token Hugging Face chose last step."""
         s = self.state
         # Shapes only (no host sync): a batch that is not one token longer starts a new decode.
         fresh = s is None or input_ids.shape[0] != s.batch_size or input_ids.shape[1] != s.ids.shape[1] + 1
         if s is not None and not fresh:
+            s.defer((input_ids[:, :-1] != s.ids).any().reshape(1), _refuse_reordered_rows)
             s.advance(input_ids[:, -1].long())
             return s
         mask = self.attention_mask
         if mask is None or mask.shape != input_ids.shape:
             if mask is not None:
-                raise ValueError(f"attention_mask {tuple(mask.shape)} does not match the prompt {tuple(input_ids.shape)}")
+                beams = input_ids.shape[0] // max(mask.shape[0], 1)
+                hint = (f" (num_beams={beams}? beam search is not supported)"
+                        if beams > 1 and input_ids.shape[0] == beams * mask.shape[0] else "")
+                raise ValueError(f"attention_mask {tuple(mask.shape)} does not match the prompt "
+                                 f"{tuple(input_ids.shape)}{hint}")
             mask = torch.ones_like(input_ids, dtype=torch.bool)
         self.steps = []
         self.state = DecodeState(input_ids, mask.to(input_ids.device), self.value_model, self.config,
@@ -97,3 +113,11 @@ class SIALogitsProcessor:
                 junction.scatter_(1, scan.junction_ids[:J], steered.to(scores.dtype))
                 out = out.index_copy(0, rows, junction) if out is scores else out.index_copy_(0, rows, junction)
         return out
+
+
+def _refuse_reordered_rows(flags: list[int]) -> None:
+    if flags[0]:
+        raise ValueError(
+            "SIALogitsProcessor: the rows' histories changed between steps, as beam search (num_beams > 1) "
+            "reorders them; the processor follows one history per row: use num_beams=1"
+        )

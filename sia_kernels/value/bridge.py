@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .padding import pad_left
+
 __all__ = ["TokenizerBridge", "check_compatible"]
 
 
@@ -42,18 +44,6 @@ class TokenizerBridge:
     def encode(self, base_sequences: list[list[int]], device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Re-tokenize sequences; return left-padded ``ids [N, L]`` i64 and ``mask [N, L]`` bool."""
         return pad_left([self.to_value_ids(s) for s in base_sequences], self.pad_id, device)
-
-
-def pad_left(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad id lists into ``ids [N, L]`` i64 and ``mask [N, L]`` bool (L = longest, at least 1)."""
-    L = max([len(s) for s in seqs] + [1])
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, L - len(s):] = True
-    return ids.to(device), mask.to(device)
 
 
 def check_compatible(base, value_model) -> None:

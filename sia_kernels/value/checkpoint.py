@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .model import ValueModel, _unwrap
+from .backbone import is_seq_cls, unwrap
 
 FORMAT = "sia_kernels.value"
 CONFIG_NAME, HEAD_NAME, ADAPTER_DIR, BACKBONE_DIR = "value_config.json", "head.safetensors", "adapter", "backbone"
@@ -45,10 +45,6 @@ def _require_adapter(directory: Path, sub: str) -> None:
     _require(directory, [f"{sub}/adapter_config.json"])
     if not any((directory / sub / f).exists() for f in ("adapter_model.safetensors", "adapter_model.bin")):
         raise FileNotFoundError(f"checkpoint {directory} is missing: {sub}/adapter_model.safetensors")
-
-
-def _is_seq_cls(model) -> bool:
-    return type(_unwrap(model)).__name__.endswith("ForSequenceClassification")
 
 
 def _load_backbone(path_or_model, kind: str, torch_dtype=None, attn_implementation=None):
@@ -69,7 +65,7 @@ def _load_backbone(path_or_model, kind: str, torch_dtype=None, attn_implementati
 def _base_state_dict(model) -> dict[str, torch.Tensor]:
     """Base weights of a (possibly LoRA-injected) HF model under their original names; tied copies dropped."""
     out, seen = {}, set()
-    for name, t in _unwrap(model).state_dict().items():
+    for name, t in unwrap(model).state_dict().items():
         if "lora_" in name:
             continue
         if t.data_ptr() in seen:
@@ -79,16 +75,20 @@ def _base_state_dict(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_value_model(vm: ValueModel, directory, save_backbone: bool | None = None) -> None:
-    """Write ``vm`` in this package's format (see module docstring)."""
+def save_value_model(vm, directory, save_backbone: bool | None = None) -> None:
+    """Write the ValueModel ``vm`` in this package's format (see module docstring). A backbone whose
+    LoRA adapter was merged (``vm.adapter_merged``) is always written with its weights."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    base = _unwrap(vm.backbone)
+    base = unwrap(vm.backbone)
     ref = getattr(base.config, "_name_or_path", "") or None
+    merged = getattr(vm, "adapter_merged", False)
+    if merged and save_backbone is False:
+        raise ValueError("the backbone holds a merged LoRA adapter: its weights must be saved (save_backbone=True)")
     if save_backbone is None:  # weights only for a backbone with nothing to refer to (built from a config)
-        save_backbone = ref is None
+        save_backbone = ref is None or merged
     has_adapter = hasattr(vm.backbone, "peft_config")
     if has_adapter:
         vm.backbone.save_pretrained(str(directory / ADAPTER_DIR))
@@ -106,7 +106,7 @@ def save_value_model(vm: ValueModel, directory, save_backbone: bool | None = Non
     config = {
         "format": FORMAT,
         "version": 1,
-        "backbone_kind": "seq_cls" if _is_seq_cls(vm.backbone) else "causal_lm",
+        "backbone_kind": "seq_cls" if is_seq_cls(vm.backbone) else "causal_lm",
         "backbone": None if save_backbone else ref,
         "model_type": base.config.model_type,
         "hidden_size": vm.head.in_features,
@@ -134,8 +134,9 @@ def _maybe_tokenizer(directory: Path):
     return AutoTokenizer.from_pretrained(str(directory))
 
 
-def load_value_model(directory, backbone=None, torch_dtype=None, attn_implementation=None) -> ValueModel:
-    """Load this package's format. ``backbone``: a model or path overriding the stored reference."""
+def load_value_model(cls, directory, backbone=None, torch_dtype=None, attn_implementation=None):
+    """Load this package's format as a ``cls`` (ValueModel). ``backbone``: a model or path
+    overriding the stored reference."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -158,13 +159,13 @@ def load_value_model(directory, backbone=None, torch_dtype=None, attn_implementa
 
         _require_adapter(directory, ADAPTER_DIR)
         backbone = PeftModel.from_pretrained(backbone, str(directory / ADAPTER_DIR))
-    vm = ValueModel(backbone, _head_from_state(load_file(str(directory / HEAD_NAME)), str(directory / HEAD_NAME)))
+    vm = cls(backbone, _head_from_state(load_file(str(directory / HEAD_NAME)), str(directory / HEAD_NAME)))
     vm.tokenizer = _maybe_tokenizer(directory)
     return vm.eval()
 
 
-def load_sia_release(backbone_path_or_model, checkpoint_dir, torch_dtype=None, attn_implementation=None) -> ValueModel:
-    """Load the authors' release layout on top of a causal-LM backbone (model or path)."""
+def load_sia_release(cls, backbone_path_or_model, checkpoint_dir, torch_dtype=None, attn_implementation=None):
+    """Load the authors' release layout as a ``cls`` (ValueModel) on a causal-LM backbone (model or path)."""
     from peft import PeftModel
 
     directory = Path(checkpoint_dir)
@@ -174,7 +175,7 @@ def load_sia_release(backbone_path_or_model, checkpoint_dir, torch_dtype=None, a
     if "model_type" not in meta:
         raise ValueError(f"{directory / 'model_config.json'} has no 'model_type'")
     backbone = _load_backbone(backbone_path_or_model, "causal_lm", torch_dtype, attn_implementation)
-    backbone_type = _unwrap(backbone).config.model_type
+    backbone_type = unwrap(backbone).config.model_type
     if meta["model_type"] != backbone_type and meta["model_type"] in _known_model_types():
         raise ValueError(f"release was trained on model_type {meta['model_type']!r}, backbone is {backbone_type!r}")
     state = torch.load(directory / "token_reward_head.pt", map_location="cpu", weights_only=True)
@@ -182,7 +183,7 @@ def load_sia_release(backbone_path_or_model, checkpoint_dir, torch_dtype=None, a
         raise ValueError(f"{directory / 'token_reward_head.pt'} must hold {{'token_reward_head': state_dict}}")
     head = _head_from_state(state["token_reward_head"], str(directory / "token_reward_head.pt"))
     backbone = PeftModel.from_pretrained(backbone, str(directory / "lora_weights"))
-    return ValueModel(backbone, head).eval()
+    return cls(backbone, head).eval()
 
 
 def _known_model_types() -> set[str]:
@@ -191,15 +192,15 @@ def _known_model_types() -> set[str]:
     return set(CONFIG_MAPPING.keys())
 
 
-def load_reward_model(path_or_model, torch_dtype=None, attn_implementation=None) -> ValueModel:
-    """A sequence-classification reward model (``num_labels=1``) as a value model, its own head kept."""
+def load_reward_model(cls, path_or_model, torch_dtype=None, attn_implementation=None):
+    """A sequence-classification reward model (``num_labels=1``) as a ``cls`` (ValueModel), its own head kept."""
     model = _load_backbone(path_or_model, "seq_cls", torch_dtype, attn_implementation)
-    if not _is_seq_cls(model):
+    if not is_seq_cls(model):
         raise TypeError(f"path_or_model must be an AutoModelForSequenceClassification, got {type(model).__name__}")
-    num_labels = _unwrap(model).config.num_labels
+    num_labels = unwrap(model).config.num_labels
     if num_labels != 1:
         raise ValueError(f"reward model must have num_labels=1, got {num_labels}")
-    vm = ValueModel(model)
+    vm = cls(model)
     if isinstance(path_or_model, (str, os.PathLike)):
         vm.tokenizer = _maybe_tokenizer(Path(path_or_model))
     return vm.eval()

@@ -3,25 +3,35 @@
 A :class:`ValueModel` wraps the *body* of a Hugging Face causal-LM or sequence-classification
 model (the transformer without its LM head) and a scalar head computed in float32.
 
-Every forward goes through one private function, :meth:`ValueModel._forward`, that takes an
+Every forward goes through one function, :meth:`ValueModel.forward_masked`, that takes an
 explicit boolean attention pattern ``allowed[b, q, kv]`` and explicit position ids. It turns the
 pattern into a 4D additive float mask ``[B, 1, Q, KV]``, which transformers passes straight to
 the eager and SDPA attention kernels. This is what lets ``k`` candidate tokens share one
 forward: they all sit at the same position, and each attends to its prefix and to itself only.
 
-Token-forward accounting (``ValueModel.counters``), all exact integers:
+Two ways to score a junction batch (equal within 1e-4 in f32):
 
-* ``token_forwards`` counts *real* (non-padding) tokens run through the backbone:
+* ``prefix`` (:meth:`ValueModel.score_candidates` / :meth:`ValueModel.score_prefixes`): no state;
+  each junction row's prefix and its ``k`` candidates in one forward.
+* ``cached`` (:class:`ValueCache`): the value model keeps a KV cache per decode row. A scoring
+  call runs ONE forward per chunk of junction rows: each row's *pending* tokens (decoded since
+  its own last value call; ragged per row, handled by the mask) and its ``k`` candidates on top
+  of its cache. After the step's tokens are appended, the chosen candidate's KV is kept (as ARGS
+  does) when the row's token is one of its candidates; the others are dropped. Rows without a
+  junction run nothing and are caught up lazily at their next junction.
+
+Counters (``ValueModel.counters``), all exact integers from host-side lengths (no device read):
+
+* ``token_forwards``: *real* (non-padding) tokens run through the backbone:
   - ``values(ids, mask)``: ``mask.sum()``.
-  - ``score_candidates(..., mode="prefix")``: ``prefix_mask.sum() + J * k``.
-  - ``ValueCache.score(rows, cand)`` / ``mode="cached"``: the catch-up, i.e. the real prompt
-    tokens (once, on the first catch-up) plus ``B * n`` for the ``n`` tokens appended since the
-    last catch-up (``B`` = rows held then), plus ``J * k`` for the candidate step.
-  - With a :class:`~sia_kernels.value.bridge.TokenizerBridge`: the real tokens of the ``J * k``
+  - prefix scoring: ``sum of the J prefixes' real lengths + J * k``.
+  - cached scoring: ``sum over the J rows of their pending real tokens + J * k`` (a row's
+    prompt counts once, at its first junction; a kept candidate is never re-run).
+  - with a :class:`~sia_kernels.value.bridge.TokenizerBridge`: the real tokens of the ``J * k``
     re-tokenized sequences (one full forward per candidate; no sharing is possible).
-* ``padded_token_forwards`` counts every position, padding included (the compute actually done).
-* ``calls`` counts ``values``/``score_candidates``/``ValueCache.score`` calls that ran a forward;
-  ``rows_scored`` counts junction rows scored (``J`` per scoring call).
+* ``padded_token_forwards``: every query position, padding included (the compute actually done).
+* ``forwards``: backbone forwards (what costs on a GPU at decode batch sizes: each reads all weights).
+* ``calls``: ``values``/scoring calls that ran a forward; ``rows_scored``: junction rows scored.
 """
 from __future__ import annotations
 
@@ -29,7 +39,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ValueModel", "ValueCache", "ValueCounters"]
+from . import checkpoint
+from .backbone import body_of, has_adapter, merge_adapter, unwrap
+from .cache import ValueCache
+from .checks import check_candidates, check_ids, check_mask, read_ids
+from .hf_cache import cache_keyword
+from .padding import positions_from_mask
+
+__all__ = ["ValueModel", "ValueCache", "ValueCounters", "positions_from_mask"]
 
 
 @dataclass
@@ -40,49 +57,7 @@ class ValueCounters:
     rows_scored: int = 0
     token_forwards: int = 0
     padded_token_forwards: int = 0
-
-
-def _unwrap(backbone):
-    """The plain HF model inside a (possibly peft-wrapped) backbone; LoRA layers stay injected."""
-    get_base = getattr(backbone, "get_base_model", None)
-    return get_base() if callable(get_base) and hasattr(backbone, "peft_config") else backbone
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids ``[B, L]`` i64 from a 2D validity mask: cumulative count of real tokens − 1, pads at 0."""
-    return (mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
-def _check_ids(name, ids, dim, device, vocab_size, mask=None):
-    """Type, rank and device of ``ids``; with ``vocab_size`` (not None) also their range, in one
-    host read (only the ``mask``-ed entries, when a mask is given)."""
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
-    if ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name} must be int64 or int32, got {ids.dtype}")
-    if ids.dim() != dim:
-        raise ValueError(f"{name} must be {dim}D, got shape {tuple(ids.shape)}")
-    if ids.device != device:
-        raise ValueError(f"{name} is on {ids.device} but the value model is on {device}")
-    if vocab_size is None:
-        return
-    real = ids if mask is None else ids[mask]
-    if real.numel():
-        lo, hi = torch.stack(torch.aminmax(real)).tolist()  # one host read
-        if lo < 0 or hi >= vocab_size:
-            raise ValueError(f"{name} holds token ids outside the value model's vocabulary [0, {vocab_size})")
-
-
-def _check_mask(name, mask, shape, device):
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
-    if mask.device != device:
-        raise ValueError(f"{name} is on {mask.device} but the value model is on {device}")
-    if mask.dtype != torch.bool and mask.is_floating_point():
-        raise TypeError(f"{name} must be bool or integer (1 = real token), got {mask.dtype}")
-    return mask.bool()
+    forwards: int = 0
 
 
 class ValueModel(torch.nn.Module):
@@ -101,11 +76,10 @@ class ValueModel(torch.nn.Module):
         if not isinstance(backbone, torch.nn.Module) or not hasattr(backbone, "config"):
             raise TypeError("backbone must be a Hugging Face model (a torch.nn.Module with a .config)")
         self.backbone = backbone
-        cfg = self.config
-        text_cfg = cfg.get_text_config()
+        text_cfg = self.config.get_text_config()
         hidden = text_cfg.hidden_size
         if head is None:
-            score = getattr(_unwrap(backbone), "score", None)
+            score = getattr(unwrap(backbone), "score", None)
             if isinstance(score, torch.nn.Linear) and score.out_features == 1:
                 head = score
             else:
@@ -118,16 +92,18 @@ class ValueModel(torch.nn.Module):
             raise ValueError(f"backbone has non-full attention layers {sorted(set(layer_types))}; not supported")
         self.tokenizer = None
         self.bridge = None  # a TokenizerBridge: base-model token ids are re-tokenized for this model
+        self.adapter_merged = False  # merge_lora() folded a LoRA adapter into the backbone's weights
         self.counters = ValueCounters()
 
     # ------------------------------------------------------------------ properties
     @property
     def config(self):
-        return _unwrap(self.backbone).config
+        return unwrap(self.backbone).config
 
     @property
     def device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
+        head = self._modules.get("head")  # moves with the module; one lookup instead of walking the backbone
+        return head.weight.device if head is not None else next(self.backbone.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -151,29 +127,38 @@ class ValueModel(torch.nn.Module):
     def reset_counters(self) -> None:
         self.counters = ValueCounters()
 
+    def merge_lora(self) -> "ValueModel":
+        """Merge a LoRA adapter into the backbone's weights for inference (peft's ``merge_and_unload``):
+        one matmul per projection instead of three. Training keeps the adapter separate; do not
+        merge a model you will train further. ``save_pretrained`` then stores the merged weights.
+        Without an adapter, nothing changes. Returns ``self``."""
+        if has_adapter(self.backbone):
+            self.backbone = merge_adapter(self.backbone)
+            self.adapter_merged = True
+        return self
+
     # ------------------------------------------------------------------ core forward
-    def _forward(self, input_ids, allowed, position_ids, cache=None) -> torch.Tensor:
-        """Run the backbone body; return values ``[B, Q]`` f32.
+    def forward_masked(self, input_ids, allowed, position_ids, cache=None, last_position: int | None = None):
+        """The one forward every scoring path uses (a low-level call: the caller builds a valid
+        pattern, with at least the query itself allowed in every row): run the backbone body and
+        return values ``[B, Q]`` f32.
 
         input_ids ``[B, Q]`` i64; allowed ``[B, Q, KV]`` bool (KV = cached length + Q);
-        position_ids ``[B, Q]`` i64; cache: a ``DynamicCache`` that is extended in place, or None.
+        position_ids ``[B, Q]`` i64; cache: a transformers cache extended in place, or None.
+        last_position: the largest position id, known on the host (range-checked, no device read).
         """
-        if self.max_positions is not None and position_ids.numel() and int(position_ids.max()) >= self.max_positions:
+        if last_position is not None and self.max_positions is not None and last_position >= self.max_positions:
             raise ValueError(
-                f"sequence of {int(position_ids.max()) + 1} positions exceeds the value model's "
+                f"sequence of {last_position + 1} positions exceeds the value model's "
                 f"maximum of {self.max_positions} positions"
             )
-        body_owner = _unwrap(self.backbone)
-        body = getattr(body_owner, body_owner.base_model_prefix, body_owner)
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        out = body(
-            input_ids=input_ids,
-            attention_mask=mask[:, None],
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=cache is not None,
-        )
+        body = body_of(self.backbone)
+        dtype = body.get_input_embeddings().weight.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        out = body(input_ids=input_ids, attention_mask=mask[:, None], position_ids=position_ids,
+                   use_cache=cache is not None, **{cache_keyword(body): cache})
+        self.counters.forwards += 1
         return self.head(out.last_hidden_state.float()).squeeze(-1)
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -183,21 +168,23 @@ class ValueModel(torch.nn.Module):
         bool/int, 1 = real token (left or right padding). Returns ``[B, L]`` f32; padding
         positions hold unspecified values.
         """
-        _check_ids("input_ids", input_ids, 2, self.device, None)
+        check_ids("input_ids", input_ids, 2, self.device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        valid = _check_mask("attention_mask", attention_mask, input_ids.shape, self.device)
-        _check_ids("input_ids", input_ids, 2, self.device, self.vocab_size, mask=valid)
+        valid = check_mask("attention_mask", attention_mask, input_ids.shape, self.device)
+        lengths = read_ids("input_ids", input_ids, valid, self.vocab_size)
         L = input_ids.shape[1]
         eye = torch.eye(L, dtype=torch.bool, device=self.device)
         # causal over real keys; every query also sees itself, so no attention row is empty
         allowed = (valid[:, None, :] & torch.ones(L, L, dtype=torch.bool, device=self.device).tril()) | eye
-        self._count(calls=1, real=int(valid.sum()), padded=input_ids.numel())
-        return self._forward(input_ids.long(), allowed, positions_from_mask(valid))
+        self.count(calls=1, real=sum(lengths), padded=input_ids.numel())
+        return self.forward_masked(input_ids.long(), allowed, positions_from_mask(valid),
+                             last_position=max(lengths, default=0) - 1)
 
     forward = values
 
-    def _count(self, calls=0, rows=0, real=0, padded=0):
+    def count(self, calls=0, rows=0, real=0, padded=0) -> None:
+        """Add to :attr:`counters` (scoring calls, junction rows, real and padded token-forwards)."""
         c = self.counters
         c.calls += calls
         c.rows_scored += rows
@@ -225,7 +212,9 @@ class ValueModel(torch.nn.Module):
 
         candidates ``[J, k]`` i64. Returns ``[J, k]`` f32 with ``out[j, i] = V(prefix_j, c_ji)``,
         equal to ``values(cat(prefix_j, c_ji))[-1]`` within 1e-4 in f32. With a bridge configured,
-        all ids are base-model ids.
+        all ids are base-model ids. Every id is range-checked here (one host read); a decoder that
+        validated its ids once uses :meth:`score_prefixes` / :meth:`ValueCache.score` with
+        ``host_rows`` instead.
         """
         if mode == "cached":
             if not isinstance(cache, ValueCache):
@@ -236,47 +225,61 @@ class ValueModel(torch.nn.Module):
         if mode != "prefix":
             raise ValueError(f"mode must be 'prefix' or 'cached', got {mode!r}")
         vocab = self.input_vocab_size
-        _check_ids("prefix_ids", prefix_ids, 2, self.device, None)
-        valid = _check_mask("prefix_mask", prefix_mask, prefix_ids.shape, self.device)
-        _check_ids("prefix_ids", prefix_ids, 2, self.device, vocab, mask=valid)
-        _check_candidates(candidates, prefix_ids.shape[0], self.device, vocab)
-        if candidates.shape[0] == 0:
+        check_ids("prefix_ids", prefix_ids, 2, self.device)
+        valid = check_mask("prefix_mask", prefix_mask, prefix_ids.shape, self.device)
+        lengths = read_ids("prefix_ids", prefix_ids, valid, vocab)
+        check_candidates(candidates, prefix_ids.shape[0], self.device, vocab)
+        return self.score_prefixes(prefix_ids, valid, candidates, lengths)
+
+    @torch.no_grad()
+    def score_prefixes(self, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, candidates: torch.Tensor,
+                       lengths: list[int]) -> torch.Tensor:
+        """``score_candidates(mode="prefix")`` on ids the caller already validated: no host read.
+
+        prefix_ids ``[J, L]``, prefix_mask ``[J, L]`` bool, left-padded, ``lengths``: the real
+        tokens per row on the host (counters and the position limit come from them);
+        candidates ``[J, k]``. Shapes, dtypes and devices are checked; id ranges are not.
+        """
+        check_ids("prefix_ids", prefix_ids, 2, self.device)
+        valid = check_mask("prefix_mask", prefix_mask, prefix_ids.shape, self.device)
+        J = prefix_ids.shape[0]
+        check_candidates(candidates, J, self.device)
+        if not isinstance(lengths, (list, tuple)) or len(lengths) != J:
+            raise ValueError(f"lengths must be a list of {J} ints (real tokens per row)")
+        if J == 0:
             return torch.zeros(candidates.shape, dtype=torch.float32, device=self.device)
         if self.bridge is not None:
-            return self._score_bridged(prefix_ids, valid, candidates)
-        return self._score_tree(prefix_ids.long(), valid, candidates.long())
+            return self.score_retokenized(prefix_ids, valid, candidates)
+        return self._score_tree(prefix_ids.long(), valid, candidates.long(), lengths)
 
-    def _score_tree(self, prefix_ids, valid, candidates, cache=None) -> torch.Tensor:
-        """The tree step. Without cache: prefix_ids ``[J, L]`` are run too. With ``cache`` (a
-        DynamicCache holding the J rows' prefixes, extended here), prefix_ids is None and
-        ``valid`` ``[J, P]`` is the cached validity mask."""
+    def _score_tree(self, prefix_ids, valid, candidates, lengths) -> torch.Tensor:
+        """Prefixes ``[J, P]`` and their ``k`` candidates in one forward."""
         J, k = candidates.shape
         P = valid.shape[1]
         dev = self.device
-        cand_pos = valid.sum(-1, keepdim=True).expand(J, k)  # all candidates at position n_j
+        cand_pos = valid.long().sum(-1, keepdim=True).expand(J, k)  # all candidates at position n_j
         cand_allowed = torch.cat(
             [valid[:, None, :].expand(J, k, P), torch.eye(k, dtype=torch.bool, device=dev).expand(J, k, k)], -1
         )
-        self._count(calls=1, rows=J, real=J * k, padded=J * k)
-        if cache is not None:
-            return self._forward(candidates, cand_allowed, cand_pos, cache)
-        self._count(real=int(valid.sum()), padded=valid.numel())
         causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
         prefix_allowed = (valid[:, None, :] & causal) | torch.eye(P, dtype=torch.bool, device=dev)
         prefix_allowed = torch.cat([prefix_allowed, torch.zeros(J, P, k, dtype=torch.bool, device=dev)], -1)
         allowed = torch.cat([prefix_allowed, cand_allowed], 1)  # [J, P + k, P + k]
         pos = torch.cat([positions_from_mask(valid), cand_pos], 1)
-        return self._forward(torch.cat([prefix_ids, candidates], 1), allowed, pos)[:, P:]
+        self.count(calls=1, rows=J, real=sum(lengths) + J * k, padded=J * (P + k))
+        return self.forward_masked(torch.cat([prefix_ids, candidates], 1), allowed, pos,
+                             last_position=max(lengths))[:, P:]
 
-    def _score_bridged(self, prefix_ids, valid, candidates) -> torch.Tensor:
-        """Re-tokenize every ``prefix_j + c_ji`` for this model and run each in full (J·k rows)."""
+    def score_retokenized(self, prefix_ids, valid, candidates) -> torch.Tensor:
+        """With a tokenizer bridge: re-tokenize every ``prefix_j + c_ji`` (base-model ids, ``valid``
+        marks the real ones) for this model and run each in full (J·k rows). Host-bound by nature."""
         J, k = candidates.shape
         seqs = []
-        for j in range(J):
-            prefix = prefix_ids[j][valid[j]].tolist()
-            seqs.extend(prefix + [c] for c in candidates[j].tolist())
+        for ids_j, valid_j, cand_j in zip(prefix_ids.tolist(), valid.tolist(), candidates.tolist()):
+            prefix = [t for t, v in zip(ids_j, valid_j) if v]
+            seqs.extend(prefix + [c] for c in cand_j)
         ids, mask = self.bridge.encode(seqs, device=self.device)  # left-padded: V is in the last column
-        self._count(rows=J)
+        self.count(rows=J)
         return self.values(ids, mask)[:, -1].view(J, k)
 
     def cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -287,148 +290,28 @@ class ValueModel(torch.nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory, save_backbone: bool | None = None) -> None:
         """Write ``value_config.json``, ``head.safetensors``, ``adapter/`` (peft) and, when the
-        backbone has no ``name_or_path`` to refer to (or ``save_backbone=True``), ``backbone/``."""
-        from .checkpoint import save_value_model
-
-        save_value_model(self, directory, save_backbone=save_backbone)
+        backbone has no ``name_or_path`` to refer to, holds a merged adapter, or on request
+        (``save_backbone=True``), ``backbone/``."""
+        checkpoint.save_value_model(self, directory, save_backbone=save_backbone)
 
     @classmethod
-    def from_pretrained(cls, directory, backbone=None, torch_dtype=None, attn_implementation=None) -> "ValueModel":
-        """Load :meth:`save_pretrained`'s format; ``backbone`` (model or path) overrides the stored one."""
-        from .checkpoint import load_value_model
-
-        return load_value_model(directory, backbone, torch_dtype, attn_implementation)
+    def from_pretrained(cls, directory, backbone=None, torch_dtype=None, attn_implementation=None,
+                        merge_lora: bool = False) -> "ValueModel":
+        """Load :meth:`save_pretrained`'s format; ``backbone`` (model or path) overrides the stored one.
+        ``merge_lora=True``: merge a LoRA adapter into the weights (:meth:`merge_lora`; for decoding)."""
+        vm = checkpoint.load_value_model(cls, directory, backbone, torch_dtype, attn_implementation)
+        return vm.merge_lora() if merge_lora else vm
 
     @classmethod
     def from_sia_release(cls, backbone_path_or_model, checkpoint_dir, torch_dtype=None,
-                         attn_implementation=None) -> "ValueModel":
-        """Load the SIA authors' layout (model_config.json, lora_weights/, token_reward_head.pt)."""
-        from .checkpoint import load_sia_release
-
-        return load_sia_release(backbone_path_or_model, checkpoint_dir, torch_dtype, attn_implementation)
+                         attn_implementation=None, merge_lora: bool = False) -> "ValueModel":
+        """Load the SIA authors' layout (model_config.json, lora_weights/, token_reward_head.pt);
+        ``merge_lora=True`` merges the LoRA adapter for decoding."""
+        vm = checkpoint.load_sia_release(cls, backbone_path_or_model, checkpoint_dir, torch_dtype, attn_implementation)
+        return vm.merge_lora() if merge_lora else vm
 
     @classmethod
     def from_reward_model(cls, path_or_model, torch_dtype=None, attn_implementation=None) -> "ValueModel":
         """A sequence-classification reward model (num_labels=1) with its own score head."""
-        from .checkpoint import load_reward_model
+        return checkpoint.load_reward_model(cls, path_or_model, torch_dtype, attn_implementation)
 
-        return load_reward_model(path_or_model, torch_dtype, attn_implementation)
-
-
-def _check_candidates(candidates, J, device, vocab):
-    _check_ids("candidates", candidates, 2, device, vocab)
-    if candidates.shape[0] != J:
-        raise ValueError(f"candidates has {candidates.shape[0]} rows, expected {J}")
-    if candidates.shape[1] < 1:
-        raise ValueError("candidates must hold k >= 1 tokens per row")
-
-
-class ValueCache:
-    """The value model's own KV cache for the ``B`` rows of a decode batch; lazy.
-
-    ``append`` only records tokens; ``score`` first catches the cache up on everything pending
-    (the prompt, then the appended tokens) for all B rows in chunks of ``chunk_size`` columns,
-    then gathers the ``J`` junction rows into a temporary cache for the candidate step, so the
-    main cache never holds candidate tokens. Token-forward formula: see the module docstring.
-    """
-
-    def __init__(self, model: ValueModel, input_ids, attention_mask=None, chunk_size: int = 256):
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-        self.model = model
-        self.chunk_size = chunk_size
-        self.reset(input_ids, attention_mask)
-
-    @property
-    def batch_size(self) -> int:
-        return self.ids.shape[0]
-
-    @property
-    def pending(self) -> int:
-        """Columns recorded but not yet run through the value model."""
-        return self.ids.shape[1] - self.done
-
-    def reset(self, input_ids=None, attention_mask=None) -> None:
-        """Drop the KV cache and the token history; start again from a new prompt if given,
-        else from an empty batch of the same size."""
-        m = self.model
-        if input_ids is None:
-            B = self.ids.shape[0] if hasattr(self, "ids") else 0
-            input_ids = torch.zeros(B, 0, dtype=torch.long, device=m.device)
-        vocab = m.input_vocab_size
-        _check_ids("input_ids", input_ids, 2, m.device, None)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        valid = _check_mask("attention_mask", attention_mask, input_ids.shape, m.device)
-        _check_ids("input_ids", input_ids, 2, m.device, vocab, mask=valid)
-        self.ids, self.valid = input_ids.long(), valid
-        self.done = 0
-        self.kv = None
-
-    def append(self, tokens: torch.Tensor) -> None:
-        """Record the tokens decoded this step: tokens ``[B]`` i64, one per row (no forward here)."""
-        m = self.model
-        vocab = m.input_vocab_size
-        _check_ids("tokens", tokens, 1, m.device, vocab)
-        if tokens.shape[0] != self.batch_size:
-            raise ValueError(f"tokens must have shape [{self.batch_size}], got {tuple(tokens.shape)}")
-        self.ids = torch.cat([self.ids, tokens.long()[:, None]], 1)
-        self.valid = torch.cat([self.valid, torch.ones_like(self.valid[:, :1]) if self.valid.shape[1]
-                                else torch.ones(self.batch_size, 1, dtype=torch.bool, device=m.device)], 1)
-
-    def select(self, keep: torch.Tensor) -> None:
-        """Keep only rows ``keep`` ``[B']`` i64 (in that order), e.g. to drop finished rows."""
-        keep = self._check_rows("keep", keep)
-        self.ids, self.valid = self.ids[keep], self.valid[keep]
-        if self.kv is not None:
-            for layer in self.kv.layers:
-                if layer.is_initialized:
-                    layer.keys, layer.values = layer.keys[keep], layer.values[keep]
-
-    def _check_rows(self, name, rows):
-        if not isinstance(rows, torch.Tensor) or rows.dtype not in (torch.int64, torch.int32) or rows.dim() != 1:
-            raise TypeError(f"{name} must be a 1D int64 tensor of row indices")
-        if rows.device != self.model.device:
-            raise ValueError(f"{name} is on {rows.device} but the value model is on {self.model.device}")
-        if rows.numel():
-            lo, hi = torch.stack(torch.aminmax(rows)).tolist()  # one host read
-            if lo < 0 or hi >= self.batch_size:
-                raise ValueError(f"{name} holds rows outside [0, {self.batch_size})")
-        return rows.long()
-
-    @torch.no_grad()
-    def catch_up(self) -> None:
-        """Run all pending columns through the value model, ``chunk_size`` columns per forward."""
-        from transformers import DynamicCache
-
-        m = self.model
-        if m.bridge is not None:
-            return  # bridged scoring re-runs re-tokenized text; nothing to cache
-        if self.kv is None:
-            self.kv = DynamicCache()
-        pos = positions_from_mask(self.valid)
-        while self.pending > 0:
-            a, b = self.done, min(self.done + self.chunk_size, self.ids.shape[1])
-            q = torch.arange(a, b, device=m.device)
-            cols = torch.arange(b, device=m.device)
-            allowed = (self.valid[:, None, :b] & (cols[None, :] <= q[:, None])) | (cols[None, :] == q[:, None])
-            m._count(real=int(self.valid[:, a:b].sum()), padded=self.batch_size * (b - a))
-            m._forward(self.ids[:, a:b], allowed, pos[:, a:b], self.kv)
-            self.done = b
-
-    @torch.no_grad()
-    def score(self, rows: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """Scores ``[J, k]`` f32 of candidates ``[J, k]`` after the current sequence of rows ``[J]``."""
-        m = self.model
-        rows = self._check_rows("rows", rows)
-        vocab = m.input_vocab_size
-        _check_candidates(candidates, rows.shape[0], m.device, vocab)
-        if rows.shape[0] == 0:
-            return torch.zeros(candidates.shape, dtype=torch.float32, device=m.device)
-        if m.bridge is not None:
-            return m._score_bridged(self.ids[rows], self.valid[rows], candidates)
-        self.catch_up()
-        from transformers import DynamicCache
-
-        gathered = DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in self.kv.layers])
-        return m._score_tree(None, self.valid[rows], candidates.long(), cache=gathered)

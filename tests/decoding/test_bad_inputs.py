@@ -16,7 +16,7 @@ from sia_kernels.value import ValueModel
     (dict(sample_from="top"), ValueError, "sample_from"), (dict(gate="sometimes"), ValueError, "gate"),
     (dict(gate="random"), ValueError, "rate"), (dict(gate="target_rate", rate=1.5), ValueError, "rate"),
     (dict(rate=0.2), ValueError, "rate"), (dict(gate="first_n"), ValueError, "first_n"),
-    (dict(gate="first_n", first_n=-1), ValueError, "first_n"), (dict(max_new_tokens=0), ValueError, "max_new_tokens"),
+    (dict(gate="first_n", first_n=-1), ValueError, "first_n"), (dict(gate="always", first_n=2), ValueError, "first_n"), (dict(max_new_tokens=0), ValueError, "max_new_tokens"),
     (dict(eos_token_id="x"), ValueError, "eos_token_id"), (dict(eos_token_id=[]), ValueError, "eos_token_id"),
     (dict(value_mode="tree"), ValueError, "value_mode"), (dict(max_junction_batch=0), ValueError, "max_junction_batch"),
     (dict(seed=-1), ValueError, "seed"), (dict(backend="gpu"), ValueError, "backend"),
@@ -33,7 +33,7 @@ def test_config_defaults_and_replace():
     assert c.eos_token_id is MODEL_DEFAULT and c.value_mode == "cached"
     assert SIAConfig(eos_token_id=[3, 4]).eos_token_id == (3, 4) and SIAConfig(eos_token_id=None).eos_token_id is None
     assert c.replace(tau=2.0).tau == 2.0 and c.tau == 1.0
-    with pytest.raises(TypeError, match="no field"):
+    with pytest.raises(TypeError, match="taux"):
         c.replace(taux=1.0)
     with pytest.raises(TypeError):
         SIAConfig(10)  # keyword-only
@@ -112,6 +112,12 @@ def test_decode_step_and_processor_bad_inputs():
         DecodeState(ids, mask, vm, SIAConfig(gate="target_rate", rate=0.2))
     with pytest.raises(ValueError, match="row 0 contains NaN"):
         decode_step(torch.full((2, VOCAB), float("nan")), state, vm, cfg)
+    with pytest.raises(ValueError, match="entries per row"):  # candidates could fall outside the value vocabulary
+        decode_step(torch.zeros(2, VOCAB + 4), state, vm, cfg)
+    with pytest.raises(ValueError, match="vocabulary"):  # checked once, when the state is built
+        DecodeState(torch.full((1, 3), VOCAB), None, vm, cfg)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        DecodeState(ids, torch.tensor([[1] * 4, [0] * 4]), vm, cfg)
     with pytest.raises(TypeError, match="value model"):
         SIALogitsProcessor(None, cfg)
     with pytest.raises(TypeError, match="SIAConfig"):

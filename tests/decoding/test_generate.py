@@ -16,21 +16,17 @@ def median_tau(model, ids, mask, cfg):
 
 
 def predicted_value_forwards(result, mode, k):
-    """Value token-forwards implied by the junction counts alone (DESIGN.md §3 accounting)."""
+    """Value token-forwards implied by the junction rows alone (DESIGN.md §3 accounting): prefix
+    re-runs each junction row's prefix; cached runs the row's tokens since its last junction (the
+    chosen candidate's KV is kept, so not that one), plus k candidates per junction row."""
     plen = result.prompt_mask.sum(-1).tolist()
-    total, prev, spent = 0, None, 0
+    done = [0] * len(plen)  # real tokens in the value cache, per row
+    total = 0
     for s in result.steps:
-        if not s.num_junctions:
-            continue
-        active = [b for b, f in enumerate(s.finished) if not f]  # finished rows were dropped from the cache
-        catch_up = sum(plen[b] + s.step for b in active) if prev is None else len(active) * (s.step - prev)
-        prefixes = sum(plen[b] + s.step for b in s.junction_rows)
-        spent += prefixes
-        if mode == "prefix" or (mode == "auto" and catch_up > spent):
-            total += prefixes + k * s.num_junctions
-            continue
-        total += catch_up + k * s.num_junctions
-        prev, spent = s.step, 0
+        for b in s.junction_rows:
+            n = plen[b] + s.step
+            total += (n if mode == "prefix" else n - done[b]) + k
+            done[b] = n + 1
     return total
 
 
@@ -71,6 +67,10 @@ def test_eos_stops_rows_independently_and_forwards_match_junction_counts(family,
     assert res.stats.value_token_forwards == predicted_value_forwards(res, mode, 4)
     assert res.stats.junctions == sum(s.num_junctions for s in res.steps) == sum(r.junctions for r in res.row_stats)
     assert res.stats.value_rows_scored == res.stats.junctions
+    chunks = sum(-(-s.num_junctions // 4) for s in res.steps)  # max_junction_batch=4: one forward per chunk
+    assert res.stats.value_forwards == vm.counters.forwards == chunks == sum(s.value_forwards for s in res.steps)
+    fed = [sum(1 for s in res.steps[:-1] if not s.finished[b]) for b in range(len(LENGTHS))]
+    assert [r.base_token_forwards for r in res.row_stats] == [n + f for n, f in zip(LENGTHS, fed)]
     # Finished rows are never junctions.
     for s in res.steps:
         assert not any(s.finished[b] for b in s.junction_rows)
@@ -83,24 +83,26 @@ def test_eos_stops_rows_independently_and_forwards_match_junction_counts(family,
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.3])
-def test_auto_value_mode_rents_prefixes_until_a_catch_up_pays(rate):
+def test_cached_mode_never_costs_more_than_prefix(rate):
+    """The same decode in every mode; cached (and auto, its old-config alias) run the junction rows'
+    pending tokens only, prefix their whole prefixes; both run one value forward per steered step."""
     model, vm = base_model("llama"), value_model("llama")
     ids, mask = left_padded(LENGTHS, seed=13)
     runs = {}
     for mode in ("cached", "prefix", "auto"):
         vm.reset_counters()
         cfg = SIAConfig(gate="random", rate=rate, greedy=True, k=4, beta=2.0, max_new_tokens=16, eos_token_id=None,
-                        value_mode=mode, seed=3)
+                        value_mode=mode, seed=3, max_junction_batch=None)
         runs[mode] = generate(model, vm, input_ids=ids, attention_mask=mask, config=cfg)
         assert runs[mode].stats.value_token_forwards == vm.counters.token_forwards
         assert runs[mode].stats.value_token_forwards == predicted_value_forwards(runs[mode], mode, 4)
-    assert torch.equal(runs["auto"].sequences, runs["cached"].sequences)
-    assert [s.junction_rows for s in runs["auto"].steps] == [s.junction_rows for s in runs["cached"].steps]
-    forwards = {m: r.stats.value_token_forwards for m, r in runs.items()}
-    assert runs["auto"].stats.junctions > 0
-    assert forwards["auto"] <= 2 * min(forwards["cached"], forwards["prefix"])
-    if rate == 0.05:  # scattered junctions: re-running a few prefixes beats catching every row up
-        assert forwards["auto"] < forwards["cached"]
+        assert runs[mode].stats.value_forwards == sum(1 for s in runs[mode].steps if s.num_junctions)
+    for mode in ("prefix", "auto"):
+        assert torch.equal(runs[mode].sequences, runs["cached"].sequences)
+        assert [s.junction_rows for s in runs[mode].steps] == [s.junction_rows for s in runs["cached"].steps]
+    tokens = {m: r.stats.value_token_forwards for m, r in runs.items()}
+    assert runs["cached"].stats.junctions > 0
+    assert tokens["auto"] == tokens["cached"] < tokens["prefix"]
 
 
 def test_dense_forwards_closed_form_and_sparse_savings():
@@ -109,12 +111,14 @@ def test_dense_forwards_closed_form_and_sparse_savings():
     B, T, k, P = len(LENGTHS), 10, 10, sum(LENGTHS)
     dense = generate(model, vm, input_ids=ids, attention_mask=mask,
                      config=SIAConfig(gate="always", greedy=True, max_new_tokens=T, eos_token_id=None))
-    assert dense.stats.value_token_forwards == P + B * (T - 1) + k * B * T
+    # the prompts once, then k candidates per row and step: the chosen candidate's KV is kept
+    assert dense.stats.value_token_forwards == P + k * B * T
+    assert dense.stats.value_forwards == T and dense.stats.base_forwards == T
     assert dense.stats.base_padded_token_forwards == B * ids.shape[1] + B * (T - 1)
     assert dense.stats.flops_value == 2.0 * dense.stats.value_parameters * dense.stats.value_padded_token_forwards
     sparse = generate(model, vm, input_ids=ids, attention_mask=mask,
                       config=SIAConfig(gate="first_n", first_n=2, greedy=True, max_new_tokens=T, eos_token_id=None))
-    assert sparse.stats.value_token_forwards == P + B * 1 + k * B * 2
+    assert sparse.stats.value_token_forwards == P + k * B * 2 and sparse.stats.value_forwards == 2
     assert [s.num_junctions for s in sparse.steps] == [B, B] + [0] * (T - 2)
 
 

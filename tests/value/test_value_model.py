@@ -5,8 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from .. import helpers
 from .conftest import FAMILIES, VOCAB, tiny_causal_lm, tiny_config, word_tokenizer
-from sia_kernels.value import TokenizerBridge, ValueModel, check_compatible
+from sia_kernels.value import TokenizerBridge, ValueModel, check_compatible, pad_left
 
 ATOL = 1e-4
 _MODELS = {}
@@ -22,13 +23,8 @@ def value_model(family, impl="eager"):
 
 
 def left_padded(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    L = max(lengths)
-    ids = torch.randint(0, VOCAB, (len(lengths), L), generator=g)
-    mask = torch.zeros(len(lengths), L, dtype=torch.bool)
-    for j, n in enumerate(lengths):
-        mask[j, L - n:] = True
-    return ids, mask
+    """Random ids everywhere, the padding included (it must not matter)."""
+    return helpers.left_padded(lengths, seed, low=0, pad_id=None)
 
 
 @torch.no_grad()
@@ -92,39 +88,64 @@ def test_sdpa_matches_eager(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_cached_equals_prefix_over_a_30_step_decode(family):
+def test_cached_equals_prefix_over_a_40_step_decode(family):
+    """Ragged per-row catch-up (each row scored at its own steps), kept and dropped candidates, a
+    row dropped from the batch: the cache's scores equal prefix scoring, and its counters follow
+    the per-row formula (pending real tokens of the scored rows + J * k, one forward per chunk)."""
     vm = value_model(family)
     g = torch.Generator().manual_seed(7)
     ids, mask = left_padded([4, 7, 2, 5, 6], seed=3)
-    prompt_real = mask.sum(1)  # real prompt tokens per row, run once at the first catch-up
-    cache = vm.cache(ids, mask, chunk_size=4)
+    chunk = 4
+    cache = vm.cache(ids, mask, chunk_size=chunk)
+    width = ids.shape[1]
+    done = [width - int(n) for n in mask.sum(1)]  # per row: columns in the cache or padding
     vm.reset_counters()
-    expected, pending, scored_rows, first = 0, 0, 0, True
-    for step in range(30):
-        tok = torch.randint(0, VOCAB, (ids.shape[0],), generator=g)
+    expected = dict(tokens=0, forwards=0, rows=0, calls=0)
+    last = {}  # row -> its candidates at the last score, while the next token is not appended
+    kept_any = dropped_any = False
+    for step in range(40):
+        B = ids.shape[0]
+        J = int(torch.randint(0, B + 1, (1,), generator=g))
+        if J:
+            rows = torch.randperm(B, generator=g)[:J].sort().values
+            cand = torch.randint(0, VOCAB, (J, 4), generator=g)
+            cached = cache.score(rows, cand)
+            counts = dataclasses.replace(vm.counters)
+            prefix = vm.score_candidates(ids[rows], mask[rows], cand)
+            torch.testing.assert_close(cached, prefix, atol=ATOL, rtol=0)
+            vm.counters = counts  # keep the prefix-mode call out of the cached accounting
+            lo = min(done[r] for r in rows.tolist())
+            while width - lo > chunk:
+                expected["forwards"] += 1
+                lo += chunk
+            expected["tokens"] += sum(width - done[r] for r in rows.tolist()) + J * 4
+            expected["forwards"] += 1
+            expected["rows"] += J
+            expected["calls"] += 1
+            for j, r in enumerate(rows.tolist()):
+                done[r] = width
+                last[r] = cand[j].tolist()
+        tok = torch.randint(0, VOCAB, (B,), generator=g)
+        for r, c in last.items():  # half the scored rows go on with one of their candidates
+            if torch.rand(1, generator=g) < 0.5:
+                tok[r] = c[int(torch.randint(0, 4, (1,), generator=g))]
+            if tok[r] in c:
+                done[r], kept_any = width + 1, True
+            else:
+                dropped_any = True
+        last = {}
         cache.append(tok)
         ids = torch.cat([ids, tok[:, None]], 1)
-        mask = torch.cat([mask, torch.ones(ids.shape[0], 1, dtype=torch.bool)], 1)
-        pending += 1
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool)], 1)
+        width += 1
         if step == 12:  # a row finishes: drop it from the batch
             keep = torch.tensor([0, 2, 3, 4])
             cache.select(keep)
-            ids, mask, prompt_real = ids[keep], mask[keep], prompt_real[keep]
-        B = ids.shape[0]
-        J = int(torch.randint(0, B + 1, (1,), generator=g))
-        if J == 0:
-            continue
-        rows = torch.randperm(B, generator=g)[:J].sort().values
-        cand = torch.randint(0, VOCAB, (J, 4), generator=g)
-        cached = cache.score(rows, cand)
-        expected += int(prompt_real.sum()) * first + pending * B + J * 4
-        pending, scored_rows, first = 0, scored_rows + J, False
-        counts = dataclasses.replace(vm.counters)
-        prefix = vm.score_candidates(ids[rows], mask[rows], cand)
-        torch.testing.assert_close(cached, prefix, atol=ATOL, rtol=0)
-        vm.counters = counts  # keep the prefix-mode call out of the cached accounting
-    assert vm.counters.token_forwards == expected
-    assert vm.counters.rows_scored == scored_rows
+            ids, mask, done = ids[keep], mask[keep], [done[i] for i in keep.tolist()]
+    assert kept_any and dropped_any
+    c = vm.counters
+    assert (c.token_forwards, c.forwards, c.rows_scored, c.calls) == (
+        expected["tokens"], expected["forwards"], expected["rows"], expected["calls"])
 
 
 def test_counters_follow_the_documented_formulas():
@@ -133,21 +154,25 @@ def test_counters_follow_the_documented_formulas():
     vm.reset_counters()
     vm.score_candidates(ids, mask, torch.zeros(3, 5, dtype=torch.long))
     c = vm.counters
-    assert (c.calls, c.rows_scored, c.token_forwards, c.padded_token_forwards) == (1, 3, 12 + 15, 18 + 15)
+    assert (c.calls, c.rows_scored, c.token_forwards, c.padded_token_forwards, c.forwards) == (1, 3, 12 + 15, 18 + 15, 1)
     vm.reset_counters()
     cache = vm.cache(ids, mask)
     cache.append(torch.ones(3, dtype=torch.long))
     cache.append(torch.ones(3, dtype=torch.long))
     assert vm.counters.token_forwards == 0  # append is lazy
-    cache.score(torch.tensor([1]), torch.zeros(1, 5, dtype=torch.long))
-    assert vm.counters.token_forwards == 12 + 3 * 2 + 1 * 5
-    cache.score(torch.tensor([0, 2]), torch.zeros(2, 5, dtype=torch.long))  # nothing pending
-    assert vm.counters.token_forwards == 12 + 6 + 5 + 10
-    assert vm.counters.rows_scored == 3
+    cache.score(torch.tensor([1]), torch.zeros(1, 5, dtype=torch.long))  # row 1 only: 2 + 2 pending
+    assert vm.counters.token_forwards == 4 + 5 and vm.counters.forwards == 1
+    cache.score(torch.tensor([0, 2]), torch.zeros(2, 5, dtype=torch.long))  # rows 0 and 2: 8 + 6 pending
+    assert vm.counters.token_forwards == 9 + 14 + 10 and vm.counters.forwards == 2
+    cache.append(torch.zeros(3, dtype=torch.long))  # every row takes its candidate 0: its KV is kept
+    assert cache.pending == 0 and cache.done == [9, 9, 9]  # confirmed by reading the flags
+    cache.score(torch.tensor([0, 1, 2]), torch.zeros(3, 5, dtype=torch.long))
+    assert vm.counters.token_forwards == 33 + 15  # nothing pending: the candidates only
+    assert vm.counters.rows_scored == 6 and vm.counters.calls == 3
     empty = torch.zeros(0, 5, dtype=torch.long)
     assert vm.score_candidates(ids[:0], mask[:0], empty).shape == (0, 5)
     assert cache.score(torch.zeros(0, dtype=torch.long), empty).shape == (0, 5)
-    assert vm.counters.calls == 2  # J = 0 runs nothing
+    assert vm.counters.calls == 3 and vm.counters.forwards == 3  # J = 0 runs nothing
     cache.reset()
     assert cache.batch_size == 3 and cache.pending == 0
 
@@ -182,6 +207,10 @@ def test_bad_inputs_are_clear_errors():
     cache = vm.cache(ids, mask)
     with pytest.raises(ValueError, match="rows"):
         cache.score(torch.tensor([0, 2]), cand)
+    with pytest.raises(ValueError, match="left-padded"):
+        vm.cache(ids, mask.flip(-1))
+    with pytest.raises(ValueError, match="candidates.*vocabulary"):
+        cache.score(torch.tensor([0, 1]), cand + VOCAB)
     with pytest.raises(ValueError, match="tokens"):
         cache.append(torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="chunk_size"):
@@ -248,6 +277,27 @@ def test_tokenizer_mismatch_is_refused_unless_bridged():
 
 
 def _encode_left(tok, texts):
-    from sia_kernels.value.bridge import pad_left
-
     return pad_left([tok(t)["input_ids"] for t in texts], 0)
+
+
+def test_merge_lora_keeps_values_and_saves_merged_weights(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(tiny_causal_lm("llama"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                                   init_lora_weights=False))
+    vm = ValueModel(peft_model).eval()
+    torch.nn.init.normal_(vm.head.weight)
+    ids, mask = left_padded([5, 3])
+    with torch.no_grad():
+        before = vm.values(ids, mask)
+        vm.save_pretrained(tmp_path / "adapter")
+        assert vm.merge_lora() is vm and vm.adapter_merged and not hasattr(vm.backbone, "peft_config")
+        torch.testing.assert_close(vm.values(ids, mask)[mask], before[mask], atol=ATOL, rtol=0)
+        vm.save_pretrained(tmp_path / "merged")  # the merged weights are written, not a reference to the base
+        again = ValueModel.from_pretrained(tmp_path / "merged", attn_implementation="eager")
+        torch.testing.assert_close(again.values(ids, mask)[mask], before[mask], atol=ATOL, rtol=0)
+        loaded = ValueModel.from_pretrained(tmp_path / "adapter", attn_implementation="eager", merge_lora=True)
+        assert loaded.adapter_merged and not hasattr(loaded.backbone, "peft_config")
+        torch.testing.assert_close(loaded.values(ids, mask)[mask], before[mask], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="merged"):
+        vm.save_pretrained(tmp_path / "x", save_backbone=False)
