@@ -1,12 +1,23 @@
 // Junction scan in CUDA C++ (DESIGN.md §1-§2), the twin of csrc/cpu/junction_scan.cpp.
 //
-// Kernel 1 gives every (row, vocabulary slice of 8192 tokens) its own CTA, so a batch of 1-8
-// rows still fills the GPU. The slice is read once into shared memory (coalesced, converted to
-// f32); everything else runs from there: the partial (m, d = sum e^(z-m), s = sum e^(z-m)(z-m)),
-// an exact top-k by radix select on a unique 64-bit key (ordered value, then -id, so ties go to
-// the lower id), and the slice's Gumbel-max winner when sampling from the full row.
-// Kernel 2 (one CTA per row) folds the partials in slice order, selects and sorts the row's k
-// candidates, writes its outputs, and the last CTA to finish compacts the junction rows.
+// Kernel 1, slice_kernel: grid = B rows x S vocabulary slices, S chosen so that about
+// kTargetCtas CTAs run, so a batch of 1-8 rows still fills the GPU. A CTA streams its slice in
+// tiles of 2048 tokens; each thread takes 8 tokens per tile with 16-byte loads (scalar loads only
+// for the vectors cut by a row's ends, so any V and row stride vectorise; the next tile's loads
+// are issued before the current tile is processed) and keeps in registers
+//   - its online (m, d = sum e^(z-m), s = sum e^(z-m)(z-m)): one block reduction per CTA, none
+//     per tile (a per-tile reduction would cost more instructions than the bandwidth allows),
+//   - its Gumbel-max winner (full-row sampling), skipping tokens that cannot beat the best key
+//     published so far,
+// while top-k candidates pass a threshold filter: a token enters a shared buffer only if its
+// value reaches the running threshold, which after the first tile almost no token does. The
+// buffer is cut back to its best kk by a block-wide radix select when it fills.
+// Kernel 2, row_kernel (one CTA per row): folds the row's partials in parallel (double, fixed
+// order), selects and sorts its k candidates, writes its outputs; the last CTA to finish compacts
+// the junction rows in row order. Two launches and a 4-byte memset, no host sync.
+//
+// Selection everywhere is a radix select on a unique 64-bit key (ordered value, then -id, so
+// ties go to the lower id) with warp-level prefix sums over the 256 bins (one bin per thread).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -17,56 +28,172 @@
 namespace sia {
 namespace {
 
-constexpr int kSlice = 8192;  // tokens per CTA: 32 KB of f32 in shared memory
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;  // = radix bins: one bin per thread
 constexpr int kWarps = kThreads / 32;
+constexpr int kPerThread = 8;                     // tokens per thread per tile: 16 bytes of bf16
+constexpr int kTile = kThreads * kPerThread;      // 2048 tokens
+constexpr int kBufCap = 2 * kTile;                // shared candidate keys (32 KB)
+constexpr int kMaxBufK = kBufCap - kTile;         // kk the buffer holds while a tile streams in
+constexpr int64_t kTargetCtas = 512;              // ~4 CTAs per SM on an H100 or A100
+constexpr int64_t kSortSmem = 512;                // row_kernel sorts k <= this in shared memory
+constexpr int kVecMax = 8;                        // elements per 16-byte vector, 2-byte dtypes
+constexpr int kSparseLanes = 8;                   // <= this many appending lanes: per-token atomics
+// Largest Gumbel noise: w >= 2^-65 gives E >= 2^-65 and g = -log E <= 45.06.
+constexpr float kGumbelMax = 45.5f;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr double kLn2 = 0.6931471805599453;
+constexpr float kInf = __builtin_huge_valf();
+constexpr unsigned kFull = 0xffffffffu;
+static_assert(kThreads == 256, "radix_select keeps one of 256 bins per thread");
 
-struct Cand {
-  float v;
-  int32_t id;  // -1: padding, ranks below every token
-};
+// ------------------------------------------------------------------ small helpers
 
-__device__ __forceinline__ float load_f(const float* p) { return __ldg(p); }
-__device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(p[0]); }
-__device__ __forceinline__ float load_f(const __half* p) { return __half2float(p[0]); }
-
-// Float order as unsigned order; NaN ranks just above padding (its row raises anyway).
+// Float order as unsigned order; -0 ranks as +0, NaN just above the padding key 0.
 __device__ __forceinline__ uint32_t ordered(float v) {
   if (v != v) return 1u;
-  const uint32_t u = __float_as_uint(v);
+  const uint32_t u = __float_as_uint(v == 0.0f ? 0.0f : v);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
+__device__ __forceinline__ float unordered(uint32_t o) {
+  return __uint_as_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
+}
+// Unique per token: larger value first, then the lower id; 0 is padding (below every token).
+__device__ __forceinline__ uint64_t make_key(float v, uint32_t id) { return (uint64_t(ordered(v)) << 32) | ~id; }
+__device__ __forceinline__ float key_value(uint64_t key) { return unordered(uint32_t(key >> 32)); }
+__device__ __forceinline__ int64_t key_id(uint64_t key) { return int64_t(~uint32_t(key)); }
 
-// Unique per token: larger value first, then the lower id. Padding is 0.
-__device__ __forceinline__ uint64_t rank_key(float v, int32_t id) {
-  return id < 0 ? 0ull : (uint64_t(ordered(v)) << 32) | uint64_t(~uint32_t(id));
+// The smallest float above x (x itself for NaN / +inf): "v > x" is "v >= next_up(x)".
+__device__ __forceinline__ float next_up(float x) {
+  if (x != x || x == kInf) return x;
+  if (x == 0.0f) return __uint_as_float(1u);
+  const uint32_t u = __float_as_uint(x);
+  return __uint_as_float(x > 0.0f ? u + 1u : u - 1u);
 }
 
-// Philox4x32-10 keyed by (seed, row, token): counter (t / 4, row, row >> 32, 'SIA'), word t % 4.
-__device__ __forceinline__ uint32_t noise_bits(uint64_t seed, int64_t row, int64_t tok) {
-  uint32_t c0 = uint32_t(uint64_t(tok) >> 2), c1 = uint32_t(uint64_t(row)), c2 = uint32_t(uint64_t(row) >> 32),
-           c3 = 0x00534941u;
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+// max that keeps NaN (one FMNMX.NAN on sm_80+), so a NaN logit poisons d and flags its row.
+__device__ __forceinline__ float max_nan(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return (a != a || b != b) ? __int_as_float(0x7fffffff) : fmaxf(a, b);
+#endif
+}
+
+// 2^x, one MUFU.EX2 (relative error ~2^-22); 2^-127 and below flush to 0.
+__device__ __forceinline__ float ex2(float x) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+#else
+  return exp2f(x);
+#endif
+}
+
+// Philox4x32-10 (Salmon et al., SC'11), counter (c0, c1, 0, 0), key (seed lo, seed hi).
+__device__ __forceinline__ uint4 philox(uint64_t seed, uint32_t c0, uint32_t c1) {
+  uint32_t x0 = c0, x1 = c1, x2 = 0u, x3 = 0u, k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
 #pragma unroll
   for (int r = 0; r < 10; ++r) {
-    const uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-    const uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-    c0 = hi1 ^ c1 ^ k0;
-    c1 = lo1;
-    c2 = hi0 ^ c3 ^ k1;
-    c3 = lo0;
+    const uint32_t hi0 = __umulhi(0xD2511F53u, x0), lo0 = 0xD2511F53u * x0;
+    const uint32_t hi1 = __umulhi(0xCD9E8D57u, x2), lo1 = 0xCD9E8D57u * x2;
+    x0 = hi1 ^ x1 ^ k0;
+    x1 = lo1;
+    x2 = hi0 ^ x3 ^ k1;
+    x3 = lo0;
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  const uint32_t w = uint32_t(tok) & 3u;
-  return w == 0 ? c0 : w == 1 ? c1 : w == 2 ? c2 : c3;
+  return make_uint4(x0, x1, x2, x3);
 }
 
-// u in (0, 1) on a 2^-23 grid, never 0 or 1.
-__device__ __forceinline__ float gumbel_from_bits(uint32_t bits) {
-  const float u = float(bits >> 9) * 0x1p-23f + 0x1p-24f;
-  return -logf(-logf(u));
+// Gumbel noise from two 32-bit words: w = hi 2^-32 + (lo + 1/2) 2^-64 in (0, 1 - 2^-24],
+// E = -log(1 - w) >= 2^-65 (series for small w), g = -log E <= 45.06. Tail exact to ~40 nats.
+__device__ __forceinline__ float gumbel_from_words(uint32_t hi, uint32_t lo) {
+  float w = fmaf(float(hi), 0x1p-32f, fmaf(float(lo), 0x1p-64f, 0x1p-65f));
+  w = fminf(w, 0x1.fffffep-1f);
+  const float e = w < 0x1p-10f ? w * fmaf(w, fmaf(w, 1.0f / 3.0f, 0.5f), 1.0f) : -log1pf(-w);
+  return -logf(e);
 }
+
+// Noise of token t in row b: Philox counter (t >> 1, b), words (r0, r1) for even t, (r2, r3) for odd.
+__device__ __forceinline__ float gumbel_noise(uint64_t seed, uint32_t row, uint32_t tok) {
+  const uint4 r = philox(seed, tok >> 1, row);
+  return (tok & 1u) ? gumbel_from_words(r.z, r.w) : gumbel_from_words(r.x, r.y);
+}
+
+// ------------------------------------------------------------------ loads
+
+template <class T>
+struct Elem;
+template <>
+struct Elem<float> {
+  using Bits = uint32_t;
+  static constexpr uint32_t kNegInf = 0xff800000u;
+  static __device__ float to_float(float x) { return x; }
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  using Bits = uint16_t;
+  static constexpr uint16_t kNegInf = 0xff80u;
+  static __device__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+};
+template <>
+struct Elem<__half> {
+  using Bits = uint16_t;
+  static constexpr uint16_t kNegInf = 0xfc00u;
+  static __device__ float to_float(__half x) { return __half2float(x); }
+};
+
+// The 16 bytes of tokens t0 .. t0 + VE of a row (row + t0 is 16-byte aligned when t0 >= 0):
+// one streaming vector load when all are in [0, V), else scalar loads with -inf outside.
+template <class T>
+__device__ __forceinline__ uint4 load_vec(const T* row, int t0, int V) {
+  using Bits = typename Elem<T>::Bits;
+  constexpr int VE = 16 / int(sizeof(T));
+  if (t0 >= 0 && t0 + VE <= V) return __ldcs(reinterpret_cast<const uint4*>(row + t0));
+  const Bits* p = reinterpret_cast<const Bits*>(row);
+  uint32_t w[4];
+  if constexpr (VE == 4) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = (t0 + i >= 0 && t0 + i < V) ? p[t0 + i] : Elem<T>::kNegInf;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int t = t0 + 2 * i;
+      const uint32_t lo = (t >= 0 && t < V) ? p[t] : Elem<T>::kNegInf;
+      const uint32_t hi = (t + 1 >= 0 && t + 1 < V) ? p[t + 1] : Elem<T>::kNegInf;
+      w[i] = lo | (hi << 16);  // element 0 sits in the low half (little-endian)
+    }
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+__device__ __forceinline__ void to_floats(const uint4 (&w)[2], float (&v)[8], float) {
+  const uint32_t u[8] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = __uint_as_float(u[i]);
+}
+__device__ __forceinline__ void to_floats(const uint4 (&w)[1], float (&v)[8], __nv_bfloat16) {
+  const uint32_t u[4] = {w[0].x, w[0].y, w[0].z, w[0].w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = __uint_as_float(u[i] << 16);
+    v[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void to_floats(const uint4 (&w)[1], float (&v)[8], __half) {
+  const uint32_t u[4] = {w[0].x, w[0].y, w[0].z, w[0].w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = __half2float(__ushort_as_half(uint16_t(u[i] & 0xffffu)));
+    v[2 * i + 1] = __half2float(__ushort_as_half(uint16_t(u[i] >> 16)));
+  }
+}
+
+// ------------------------------------------------------------------ block-wide steps
 
 struct MaxOp {
   template <class T>
@@ -85,7 +212,7 @@ template <class T, class Op>
 __device__ T block_reduce(T v, Op op) {
   __shared__ T sh[kWarps];
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(kFull, v, o));
   __syncthreads();  // sh may still be read by a previous call
   if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
   __syncthreads();
@@ -101,8 +228,8 @@ __device__ void block_argmax(float& key, int64_t& id) {
   __shared__ int64_t si[kWarps];
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    const float k2 = __shfl_down_sync(0xffffffffu, key, o);
-    const int64_t i2 = __shfl_down_sync(0xffffffffu, id, o);
+    const float k2 = __shfl_down_sync(kFull, key, o);
+    const int64_t i2 = __shfl_down_sync(kFull, id, o);
     if (i2 >= 0 && (id < 0 || k2 > key || (k2 == key && i2 < id))) {
       key = k2;
       id = i2;
@@ -124,128 +251,318 @@ __device__ void block_argmax(float& key, int64_t& id) {
   }
 }
 
-// The want-th largest of n unique 64-bit keys (1 <= want <= n), by 8 passes of 8-bit histograms.
-// key_of(i) gives key i; the same call on every thread of the block.
+struct SelectSmem {
+  unsigned hist[256];
+  unsigned warp_total[kWarps];
+  unsigned digit, want, count;
+  unsigned long long found;
+};
+
+// The want-th largest of n keys (1 <= want <= n), by 8-bit digits from the top. Per digit: a
+// histogram (lanes with equal digits add once, via __match_any_sync, so equal top bytes do not
+// serialise on one bin), then a block-wide prefix sum over the bins from the top (warp shuffles
+// and one add per lower warp) and the one thread whose bin crosses `want` publishes it. Stops
+// early when a single key is left with the chosen prefix. key_of(i) gives key i; every thread
+// of the block calls with the same arguments, and gets the result.
 template <class KeyOf>
-__device__ uint64_t radix_select(int n, int want, KeyOf key_of) {
-  __shared__ unsigned hist[256];
-  __shared__ int sh_digit, sh_want;
+__device__ uint64_t radix_select(int64_t n, unsigned want, KeyOf key_of, SelectSmem& sm) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   uint64_t prefix = 0, mask = 0;
   for (int shift = 56; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += kThreads) hist[i] = 0;
+    sm.hist[tid] = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < n; i += kThreads) {
-      const uint64_t key = key_of(i);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+    for (int64_t base = 0; base < n; base += kThreads) {  // same trip count on every thread
+      const int64_t i = base + tid;
+      const uint64_t key = i < n ? key_of(i) : 0ull;
+      const bool in = i < n && (key & mask) == prefix;
+      const unsigned digit = in ? unsigned(key >> shift) & 255u : 256u;
+      const unsigned peers = __match_any_sync(kFull, digit);
+      if (in && lane == __ffs(peers) - 1) atomicAdd(&sm.hist[digit], unsigned(__popc(peers)));
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      int c = 0, digit = 0;
-      for (int bin = 255; bin >= 0; --bin) {
-        if (c + int(hist[bin]) >= want) {
-          digit = bin;
-          break;
-        }
-        c += int(hist[bin]);
-      }
-      sh_digit = digit;
-      sh_want = want - c;
+    // Thread tid owns bin 255 - tid, so an inclusive scan over tid counts keys with digit >= bin.
+    const unsigned c = sm.hist[255 - tid];
+    unsigned incl = c;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned y = __shfl_up_sync(kFull, incl, o);
+      if (lane >= o) incl += y;
+    }
+    if (lane == 31) sm.warp_total[warp] = incl;
+    __syncthreads();
+    for (int w = 0; w < warp; ++w) incl += sm.warp_total[w];
+    const unsigned excl = incl - c;
+    if (excl < want && want <= incl) {
+      sm.digit = 255u - unsigned(tid);
+      sm.want = want - excl;
+      sm.count = c;
     }
     __syncthreads();
-    prefix |= uint64_t(sh_digit) << shift;
+    prefix |= uint64_t(sm.digit) << shift;
     mask |= uint64_t(255) << shift;
-    want = sh_want;
-    __syncthreads();
+    want = sm.want;
+    if (sm.count == 1u && shift > 0) {  // one key has this prefix: it is the answer
+      for (int64_t i = tid; i < n; i += kThreads) {
+        const uint64_t key = key_of(i);
+        if ((key & mask) == prefix) sm.found = key;
+      }
+      __syncthreads();
+      return sm.found;
+    }
   }
   return prefix;
 }
 
-constexpr float kInf = __builtin_huge_valf();
+// ------------------------------------------------------------------ kernel 1: slices
 
-template <class In>
-__global__ void __launch_bounds__(kThreads) slice_kernel(
+struct SliceSmem {
+  unsigned long long buf[kBufCap];  // candidate keys of this slice
+  SelectSmem sel;
+  unsigned count, count2;
+  unsigned best;  // ordered(best Gumbel key published by any thread)
+};
+
+// Keep the keys >= kth among buf[0, n) at buf[0, ...) (exactly kk of them: keys are unique).
+__device__ void keep_top(SliceSmem& sh, unsigned n, uint64_t kth) {
+  const int lane = threadIdx.x & 31;
+  if (threadIdx.x == 0) sh.count2 = 0;
+  __syncthreads();
+  for (unsigned base = 0; base < n; base += kThreads) {
+    const unsigned i = base + threadIdx.x;
+    const uint64_t key = i < n ? sh.buf[i] : 0ull;
+    const bool keep = i < n && key >= kth;
+    __syncthreads();  // this chunk is read before any write; writes land below base + kThreads
+    const unsigned ballot = __ballot_sync(kFull, keep);
+    if (ballot) {
+      unsigned at = 0;
+      if (lane == 0) at = atomicAdd(&sh.count2, unsigned(__popc(ballot)));
+      at = __shfl_sync(kFull, at, 0);
+      if (keep) sh.buf[at + __popc(ballot & ((1u << lane) - 1u))] = key;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) sh.count = sh.count2;
+  __syncthreads();
+}
+
+// 3 CTAs per SM (<= 80 registers; a cap of 64 spills on the sampling path): with the prefetch,
+// 24 KB (bf16) or 48 KB (f32) of loads in flight per SM.
+template <class T>
+__global__ void __launch_bounds__(kThreads, 3) slice_kernel(
     // pointers
-    const In* __restrict__ logits,
+    const T* __restrict__ logits,
     const float* __restrict__ temperature,
     const int64_t* __restrict__ seed_p,
-    float4* __restrict__ part,     // [B, S] (m, ref, d, s)
-    unsigned* __restrict__ flags,  // [B, S] 1: NaN seen, 2: +inf seen
-    float* __restrict__ gkey,      // [B, S] Gumbel winner key
-    int32_t* __restrict__ gid,     // [B, S] Gumbel winner token, -1 if none
-    Cand* __restrict__ cand,       // [B, S, kk_max]
+    float4* __restrict__ part,                // [B, S] (m, ref, d, s / ln 2)
+    unsigned* __restrict__ flags,             // [B, S] 1: NaN seen, 2: +inf seen
+    float* __restrict__ gkey,                 // [B, S] Gumbel winner key
+    int32_t* __restrict__ gid,                // [B, S] Gumbel winner token, -1 if none
+    unsigned long long* __restrict__ cand,    // [B, S, kk] top-kk keys of each slice, 0 = padding
     // sizes and strides
     int64_t V,
     int64_t row_stride,
     int S,
-    int kk_max,
+    int tiles_per_slice,
+    int tiles,
+    int kk,
     // meta
     bool sample_full) {
-  __shared__ float zs[kSlice];
-  __shared__ int cpos;
+  constexpr int VE = 16 / int(sizeof(T));  // elements per 16-byte vector
+  constexpr int NV = kPerThread / VE;      // vectors per thread per tile
+  __shared__ SliceSmem sh;
+  const int tid = threadIdx.x, lane = tid & 31;
   const int64_t b = blockIdx.x / S;
-  const int s = blockIdx.x % S;
-  const int64_t v0 = int64_t(s) * kSlice;
-  const int L = int(V - v0 < kSlice ? V - v0 : int64_t(kSlice));
-  const In* row = logits + b * row_stride + v0;
+  const int s = int(blockIdx.x % S);
+  const T* row = logits + b * row_stride;
+  // Tiles sit on 16-byte boundaries: token t is at virtual position t + o of the row.
+  const int64_t o = int64_t((reinterpret_cast<uintptr_t>(row) & 15u) / sizeof(T));
+  const int tile0 = s * tiles_per_slice;
+  const int tile1 = min(tile0 + tiles_per_slice, tiles);
+  // First token of this thread's vector q in tile j (vectors of a warp are contiguous). Token
+  // arithmetic is 32-bit (V < 2^31 - kTile): fewer instructions per tile than 64-bit indices.
+  const int V32 = int(V);
+  auto tok0 = [&](int j, int q) { return j * kTile + q * (kThreads * VE) + tid * VE - int(o); };
 
-  // The only read of the logits: coalesced into shared memory.
-  float mloc = -kInf;
-  unsigned fl = 0;
-  for (int i = threadIdx.x; i < L; i += kThreads) {
-    const float z = load_f(row + i);
-    zs[i] = z;
-    mloc = fmaxf(mloc, z);
-    fl |= (z != z) ? 1u : (z == kInf ? 2u : 0u);
+  if (tid == 0) {
+    sh.count = 0;
+    sh.best = ordered(-kInf);
   }
-  const float m = block_reduce(mloc, MaxOp());
-  fl = block_reduce(fl, OrOp());
-  const float ref = m == -kInf ? 0.0f : m;  // all -inf: e^(-inf - 0) = 0, never NaN
-  float dl = 0.0f, sl = 0.0f;
-  for (int i = threadIdx.x; i < L; i += kThreads) {
-    const float x = zs[i] - ref;
-    const float e = expf(x);
-    dl += e;
-    sl += e > 0.0f ? e * x : 0.0f;
-  }
-  const float d = block_reduce(dl, SumOp());
-  const float sm = block_reduce(sl, SumOp());
-  if (threadIdx.x == 0) {
-    part[blockIdx.x] = make_float4(m, ref, d, sm);
-    flags[blockIdx.x] = fl;
-  }
+  const float temp = temperature[b];
+  const bool sampling = sample_full && temp > 0.0f;  // the same on every thread of the CTA
+  const uint64_t seed = sampling ? uint64_t(*seed_p) : 0ull;
+  float m = -kInf, r = 0.0f, d = 0.0f, s2 = 0.0f;  // base 2: s2 = sum 2^t t, t = (z - r) log2 e
+  float best = -kInf;
+  int64_t best_id = -1;
+  float thr = __int_as_float(0x7fffffff);  // a token enters the buffer iff !(z < thr); NaN: all do
 
-  // Top-kk of the slice: every key >= the kk-th largest (keys are unique).
-  const int kk = min(kk_max, L);
-  const uint64_t kth = radix_select(L, kk, [&](int i) { return rank_key(zs[i], int32_t(v0 + i)); });
-  if (threadIdx.x == 0) cpos = 0;
-  __syncthreads();
-  Cand* out = cand + int64_t(blockIdx.x) * kk_max;
-  for (int i = threadIdx.x; i < L; i += kThreads) {
-    if (rank_key(zs[i], int32_t(v0 + i)) >= kth) out[atomicAdd(&cpos, 1)] = Cand{zs[i], int32_t(v0 + i)};
-  }
-  for (int i = kk + threadIdx.x; i < kk_max; i += kThreads) out[i] = Cand{-kInf, -1};
+  uint4 cur[NV], nxt[NV];
+#pragma unroll
+  for (int q = 0; q < NV; ++q) cur[q] = load_vec(row, tok0(tile0, q), V32);
+  __syncthreads();  // sh initialised
 
-  // Gumbel-max over the slice: argmax z / T + G(seed, row, token).
-  const float t = temperature[b];
-  if (sample_full && t > 0.0f) {
-    const float inv_t = 1.0f / t;
-    const uint64_t seed = uint64_t(*seed_p);
-    float best = -kInf;
-    int64_t bid = -1;
-    for (int i = threadIdx.x; i < L; i += kThreads) {
-      const float key = zs[i] * inv_t + gumbel_from_bits(noise_bits(seed, b, v0 + i));
-      if (key > best || bid < 0) {  // ascending ids per thread: strict > keeps the lower id
-        best = key;
-        bid = v0 + i;
+  for (int j = tile0; j < tile1; ++j) {
+#pragma unroll
+    for (int q = 0; q < NV; ++q) nxt[q] = j + 1 < tile1 ? load_vec(row, tok0(j + 1, q), V32) : make_uint4(0, 0, 0, 0);
+    float v[kPerThread];
+    to_floats(cur, v, T());
+    float mx = v[0];
+#pragma unroll
+    for (int e = 1; e < kPerThread; ++e) mx = max_nan(mx, v[e]);
+
+    // Online (m, d, s): rescale only when the thread's max grows (d == 0: nothing to rescale).
+    if (mx > m) {
+      if (d > 0.0f) {
+        const float delta = (r - mx) * kLog2e;
+        const float a = ex2(delta);
+        s2 = a * fmaf(d, delta, s2);
+        d *= a;
+      }
+      m = mx;
+      r = mx;
+    }
+#pragma unroll
+    for (int e = 0; e < kPerThread; ++e) {
+      // Subtract first: the log2(e) rounding stays relative to z - r, not to z. A -inf logit
+      // clamps to 2^-127 = 0 (never 0 * inf); NaN and +inf (r = +inf) make t NaN, and d NaN.
+      const float t = max_nan((v[e] - r) * kLog2e, -127.0f);
+      const float p = ex2(t);
+      d += p;
+      s2 = fmaf(p, t, s2);
+    }
+
+    // The first tile's threshold: the kk-th largest thread max. At least kk tokens reach it,
+    // and later tokens need only beat it, so most of them skip the buffer from the start.
+    if (j == tile0 && kk <= kThreads) {
+      bool any = false;
+#pragma unroll
+      for (int q = 0; q < NV; ++q) any |= tok0(j, q) + VE > 0 && tok0(j, q) < V32;
+      const uint64_t mine = any ? make_key(mx, uint32_t(tid)) : 0ull;
+      const uint64_t kth = radix_select(kThreads, unsigned(kk), [&](int64_t) { return mine; }, sh.sel);
+      if (kth != 0ull) thr = key_value(kth);
+    }
+
+    // Top-k candidates: a token enters the buffer iff !(z < thr). A warp with few such threads
+    // (the common case once thr is set) appends with one shared atomic per token, only on those
+    // threads; a warp with many (a first tile before thr exists, rising logits) appends
+    // warp-aggregated, one atomic per warp and token slot, so one address never takes 32.
+    bool refill = false;
+    const bool hit = !(mx < thr);
+    const unsigned hits = __ballot_sync(kFull, hit);
+    if (hit && __popc(hits) <= kSparseLanes) {
+#pragma unroll
+      for (int e = 0; e < kPerThread; ++e) {
+        if (!(v[e] < thr)) {
+          const int t = tok0(j, e / VE) + e % VE;
+          if (t >= 0 && t < V32) {
+            const unsigned at = atomicAdd(&sh.count, 1u);
+            sh.buf[at] = make_key(v[e], uint32_t(t));
+            refill |= at + 1u > unsigned(kMaxBufK) || (thr != thr && at + 1u > unsigned(kk));
+          }
+        }
+      }
+    } else if (__popc(hits) > kSparseLanes) {  // the same on every lane of the warp
+#pragma unroll
+      for (int e = 0; e < kPerThread; ++e) {
+        const int t = tok0(j, e / VE) + e % VE;
+        const bool pass = hit && !(v[e] < thr) && t >= 0 && t < V32;
+        const unsigned ballot = __ballot_sync(kFull, pass);
+        if (ballot) {
+          unsigned at = 0;
+          if (lane == 0) {
+            at = atomicAdd(&sh.count, unsigned(__popc(ballot)));
+            const unsigned end = at + unsigned(__popc(ballot));
+            refill |= end > unsigned(kMaxBufK) || (thr != thr && end > unsigned(kk));
+          }
+          at = __shfl_sync(kFull, at, 0);
+          if (pass) sh.buf[at + __popc(ballot & ((1u << lane) - 1u))] = make_key(v[e], uint32_t(t));
+        }
       }
     }
-    block_argmax(best, bid);
-    if (threadIdx.x == 0) {
-      gkey[blockIdx.x] = best;
-      gid[blockIdx.x] = int32_t(bid);
+
+    // Full-row Gumbel-max: key = z + T g (one FMA, never overflows for T <= 1). A thread skips
+    // its 8 tokens when even the largest noise cannot reach the best key published so far
+    // (every published key is some token's key, so a skipped token can neither beat nor tie
+    // the winner; the FMA rounds monotonically, so the bound needs no slack).
+    if (sampling) {
+      const float published = unordered(*reinterpret_cast<volatile unsigned*>(&sh.best));
+      if (!(fmaf(temp, kGumbelMax, mx) < fmaxf(best, published))) {
+        uint4 rnd = make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int e = 0; e < kPerThread; ++e) {
+          const int t = tok0(j, e / VE) + e % VE;
+          if (e % VE == 0 || (t & 1) == 0) rnd = philox(seed, uint32_t(t) >> 1, uint32_t(b));
+          if (t >= 0 && t < V32) {
+            const float g = (t & 1) ? gumbel_from_words(rnd.z, rnd.w) : gumbel_from_words(rnd.x, rnd.y);
+            const float key = fmaf(temp, g, v[e]);
+            if (key > best) {  // tokens ascend per thread: strict > keeps the lower id
+              best = key;
+              best_id = t;
+            }
+          }
+        }
+        if (best > published) atomicMax(&sh.best, ordered(best));
+      }
     }
+
+    // Cut the buffer back to its best kk when the next tile might not fit (uniform branch).
+    if (__syncthreads_or(refill)) {
+      const unsigned n = sh.count;
+      const uint64_t kth = radix_select(n, unsigned(kk), [&](int64_t i) { return sh.buf[i]; }, sh.sel);
+      keep_top(sh, n, kth);
+      thr = next_up(key_value(kth));  // later tokens have larger ids: they must beat it strictly
+    }
+#pragma unroll
+    for (int q = 0; q < NV; ++q) cur[q] = nxt[q];
+  }
+
+  // The slice's top-kk, padded with 0.
+  const unsigned n = sh.count;
+  if (n > unsigned(kk)) {
+    const uint64_t kth = radix_select(n, unsigned(kk), [&](int64_t i) { return sh.buf[i]; }, sh.sel);
+    keep_top(sh, n, kth);
+  }
+  unsigned long long* out = cand + int64_t(blockIdx.x) * kk;
+  const unsigned kept = min(n, unsigned(kk));
+  for (int i = tid; i < kk; i += kThreads) out[i] = unsigned(i) < kept ? sh.buf[i] : 0ull;
+
+  // The slice's (m, d, s): rescale every thread's partial to the slice max, sum in fixed order.
+  const float M = block_reduce(m, MaxOp());
+  const float R = M == -kInf ? 0.0f : M;  // no finite logit: d = 0, never NaN
+  float dd = d, ss = s2;
+  if (d > 0.0f) {
+    const float delta = (r - R) * kLog2e;
+    const float a = ex2(delta);
+    ss = a * fmaf(d, delta, s2);
+    dd = d * a;
+  }
+  const float D = block_reduce(dd, SumOp());
+  const float S2 = block_reduce(ss, SumOp());
+  unsigned fl = 0;
+  if (D != D) {  // a NaN or +inf in the slice (rare): read it again to tell which
+    const int64_t lo = max(int64_t(tile0) * kTile - o, int64_t(0));
+    const int64_t hi = min(int64_t(tile1) * kTile - o, V);
+    for (int64_t t = lo + tid; t < hi; t += kThreads) {
+      const float z = Elem<T>::to_float(row[t]);
+      fl |= z != z ? 1u : (z == kInf ? 2u : 0u);
+    }
+    fl = block_reduce(fl, OrOp());
+  }
+  if (tid == 0) {
+    part[blockIdx.x] = make_float4(M, R, D, S2);
+    flags[blockIdx.x] = fl;
+  }
+  if (sampling) {
+    block_argmax(best, best_id);
+    if (tid == 0) {
+      gkey[blockIdx.x] = best;
+      gid[blockIdx.x] = int32_t(best_id);
+    }
+  } else if (tid == 0) {
+    gid[blockIdx.x] = -1;
   }
 }
+
+// ------------------------------------------------------------------ kernel 2: rows
 
 __global__ void __launch_bounds__(kThreads) row_kernel(
     // pointers: scratch from slice_kernel
@@ -253,9 +570,8 @@ __global__ void __launch_bounds__(kThreads) row_kernel(
     const unsigned* __restrict__ flags,
     const float* __restrict__ gkey,
     const int32_t* __restrict__ gid,
-    const Cand* __restrict__ cand,
-    Cand* __restrict__ stage,      // [B, k]
-    Cand* __restrict__ sorted,     // [B, k]
+    const unsigned long long* __restrict__ cand,
+    unsigned long long* __restrict__ stage,  // [B, 2k] when k > kSortSmem, else unused
     unsigned* __restrict__ counter,
     // pointers: inputs
     const float* __restrict__ tau,
@@ -276,78 +592,82 @@ __global__ void __launch_bounds__(kThreads) row_kernel(
     int64_t B,
     int64_t k,
     int S,
-    int kk_max,
+    int kk,
     // meta
     bool entropy_topk,
     bool sample_topk) {
-  __shared__ double sh_lse, sh_hfull;
-  __shared__ int cpos;
+  __shared__ unsigned long long sh_st[kSortSmem], sh_so[kSortSmem];
+  __shared__ SelectSmem sel;
+  __shared__ unsigned cpos;
   __shared__ bool sh_last;
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x;
 
-  // lse and full-row entropy: fold the slice partials in slice order (double).
-  if (tid == 0) {
-    unsigned fl = 0;
-    double M = -INFINITY;
-    for (int s = 0; s < S; ++s) {
-      fl |= flags[b * S + s];
-      M = fmax(M, double(part[b * S + s].x));
+  // lse and full-row entropy: fold the slice partials (double, fixed order, all threads).
+  unsigned fl = 0;
+  float Mf = -kInf;
+  for (int i = tid; i < S; i += kThreads) {
+    fl |= flags[b * S + i];
+    Mf = fmaxf(Mf, part[b * S + i].x);
+  }
+  fl = block_reduce(fl, OrOp());
+  Mf = block_reduce(Mf, MaxOp());
+  double lse, hfull = NAN;
+  if (fl & 1u) {
+    lse = NAN;
+  } else if (fl & 2u) {
+    lse = INFINITY;
+  } else if (Mf == -kInf) {
+    lse = -INFINITY;
+  } else {
+    const double M = Mf;
+    double d = 0.0, sm = 0.0;
+    for (int i = tid; i < S; i += kThreads) {
+      const float4 p = part[b * S + i];
+      if (p.z == 0.0f) continue;
+      const double shift = double(p.y) - M;  // <= 0
+      const double a = exp(shift);
+      d += a * p.z;
+      sm += a * (double(p.w) * kLn2 + double(p.z) * shift);
     }
-    double lse = NAN, hfull = NAN;
-    if (fl & 1u) {
-      lse = NAN;
-    } else if (fl & 2u) {
-      lse = INFINITY;
-    } else if (M == -INFINITY) {
-      lse = -INFINITY;
-    } else {
-      double d = 0.0, sm = 0.0;
-      for (int s = 0; s < S; ++s) {
-        const float4 p = part[b * S + s];
-        if (p.z == 0.0f) continue;
-        const double shift = double(p.y) - M;
-        const double a = exp(shift);
-        d += a * p.z;
-        sm += a * (double(p.w) + double(p.z) * shift);
-      }
-      lse = M + log(d);
-      hfull = log(d) - sm / d;
-    }
-    sh_lse = lse;
-    sh_hfull = hfull;
-    cpos = 0;
+    d = block_reduce(d, SumOp());
+    sm = block_reduce(sm, SumOp());
+    lse = M + log(d);
+    hfull = log(d) - sm / d;
   }
 
-  // The row's k best among its S * kk_max candidates, then each one's rank among them.
-  const Cand* c = cand + b * S * kk_max;
-  const int n = S * kk_max;
-  const uint64_t kth = radix_select(n, int(k), [&](int i) { return rank_key(c[i].v, c[i].id); });
-  Cand* st = stage + b * k;
-  for (int i = tid; i < n; i += kThreads) {
-    if (rank_key(c[i].v, c[i].id) >= kth) st[atomicAdd(&cpos, 1)] = c[i];
+  // The row's k best among its S * kk candidate keys, then each one's rank among them.
+  const unsigned long long* c = cand + b * S * kk;
+  const int64_t n = int64_t(S) * kk;  // >= k: every slice gave min(kk, its tokens) real keys
+  const uint64_t kth = radix_select(n, unsigned(k), [&](int64_t i) { return uint64_t(__ldcg(c + i)); }, sel);
+  const bool in_smem = k <= kSortSmem;
+  unsigned long long* st = in_smem ? sh_st : stage + b * 2 * k;
+  unsigned long long* so = in_smem ? sh_so : stage + b * 2 * k + k;
+  if (tid == 0) cpos = 0;
+  __syncthreads();
+  for (int64_t i = tid; i < n; i += kThreads) {
+    const unsigned long long key = __ldcg(c + i);
+    if (key >= kth) st[atomicAdd(&cpos, 1u)] = key;  // exactly k: keys are unique
   }
   __syncthreads();
-  Cand* so = sorted + b * k;
   for (int64_t j = tid; j < k; j += kThreads) {  // O(k^2 / threads): fine for the k of decoding
-    const uint64_t kj = rank_key(st[j].v, st[j].id);
-    int64_t r = 0;
-    for (int64_t i = 0; i < k; ++i) r += rank_key(st[i].v, st[i].id) > kj;
-    so[r] = st[j];
+    const unsigned long long kj = st[j];
+    int64_t rank = 0;
+    for (int64_t i = 0; i < k; ++i) rank += st[i] > kj;
+    so[rank] = kj;
   }
   __syncthreads();
 
-  const double lse = sh_lse;
   for (int64_t j = tid; j < k; j += kThreads) {
-    topk_ids[b * k + j] = so[j].id;
-    topk_logprobs[b * k + j] = float(double(so[j].v) - lse);
+    topk_ids[b * k + j] = key_id(so[j]);
+    topk_logprobs[b * k + j] = float(double(key_value(so[j])) - lse);
   }
-  double H = sh_hfull;
+  double H = hfull;
   if (entropy_topk) {
-    const double m0 = so[0].v;
+    const double m0 = key_value(so[0]);
     double dl = 0.0, sl = 0.0;
     for (int64_t j = tid; j < k; j += kThreads) {
-      const double x = double(so[j].v) - m0;
+      const double x = double(key_value(so[j])) - m0;
       const double e = exp(x);
       dl += e;
       sl += e > 0.0 ? e * x : 0.0;
@@ -358,33 +678,35 @@ __global__ void __launch_bounds__(kThreads) row_kernel(
   }
   if (!isfinite(lse)) H = NAN;
 
-  // Base token: greedy is the first candidate; else Gumbel-max among the candidates or the row.
-  const float t = temperature[b];
-  int64_t base = so[0].id;
-  if (t > 0.0f && sample_topk) {
-    const float inv_t = 1.0f / t;
+  // Base token: greedy is the first candidate; else Gumbel-max among the candidates (noise keyed
+  // by token id, as in full-row sampling; ties to the better rank) or over the whole row.
+  const float temp = temperature[b];
+  int64_t base = key_id(so[0]);
+  if (temp > 0.0f && sample_topk) {
     const uint64_t seed = uint64_t(*seed_p);
     float best = -kInf;
     int64_t bj = -1;
     for (int64_t j = tid; j < k; j += kThreads) {
-      const float key = so[j].v * inv_t + gumbel_from_bits(noise_bits(seed, b, so[j].id));
-      if (key > best || bj < 0) {
+      const float g = gumbel_noise(seed, uint32_t(b), uint32_t(key_id(so[j])));
+      const float key = fmaf(temp, g, key_value(so[j]));
+      if (key > best) {
         best = key;
         bj = j;
       }
     }
     block_argmax(best, bj);
-    base = so[bj].id;
-  } else if (t > 0.0f) {
+    if (bj >= 0) base = key_id(so[bj]);
+  } else if (temp > 0.0f) {
     float best = -kInf;
-    int32_t bid = -1;
-    for (int s = 0; s < S; ++s) {  // slices ascend in token id: strict > keeps the lower id
-      const int32_t g = gid[b * S + s];
-      if (g >= 0 && (bid < 0 || gkey[b * S + s] > best)) {
-        best = gkey[b * S + s];
+    int64_t bid = -1;
+    for (int i = tid; i < S; i += kThreads) {  // slices ascend in token id: strict > keeps the lower id
+      const int32_t g = gid[b * S + i];
+      if (g >= 0 && gkey[b * S + i] > best) {
+        best = gkey[b * S + i];
         bid = g;
       }
     }
+    block_argmax(best, bid);
     if (bid >= 0) base = bid;
   }
   if (tid == 0) {
@@ -408,7 +730,7 @@ __global__ void __launch_bounds__(kThreads) row_kernel(
   for (int64_t base_row = 0; base_row < B; base_row += kThreads) {
     const int64_t r = base_row + tid;
     const bool g = r < B && *reinterpret_cast<volatile bool*>(gate + r);
-    const unsigned ballot = __ballot_sync(0xffffffffu, g);
+    const unsigned ballot = __ballot_sync(kFull, g);
     const int lane = tid & 31, w = tid >> 5;
     if (lane == 0) warp_count[w] = __popc(ballot);
     __syncthreads();
@@ -432,44 +754,61 @@ __global__ void __launch_bounds__(kThreads) row_kernel(
   }
   __threadfence_block();
   __syncthreads();
-  for (int64_t i = tid; i < B * k; i += kThreads) {
-    const int64_t j = i / k, col = i % k;
-    if (j < sh_J) {
-      const int64_t src = *reinterpret_cast<volatile int64_t*>(junction_rows + j) * k + col;
-      junction_ids[i] = __ldcg(reinterpret_cast<const long long*>(topk_ids) + src);
-      junction_logprobs[i] = __ldcg(topk_logprobs + src);
-    } else {
-      junction_ids[i] = 0;
-      junction_logprobs[i] = 0.0f;
+  const int lane = tid & 31;
+  for (int64_t j = tid >> 5; j < B; j += kWarps) {  // a warp per row: no 64-bit division
+    const int64_t src = j < sh_J ? *reinterpret_cast<volatile int64_t*>(junction_rows + j) * k : -1;
+    for (int64_t col = lane; col < k; col += 32) {
+      const int64_t i = j * k + col;
+      junction_ids[i] = src < 0 ? 0 : __ldcg(reinterpret_cast<const long long*>(topk_ids) + src + col);
+      junction_logprobs[i] = src < 0 ? 0.0f : __ldcg(topk_logprobs + src + col);
     }
   }
 }
 
+// ------------------------------------------------------------------ host side
+
+// How a launch cuts the rows: tiles per row cover V plus the largest alignment offset (7
+// elements); slices of tiles_per_slice tiles, about kTargetCtas CTAs in all. A k above the
+// buffer's kMaxBufK gives one tile per slice, so a slice never holds more than kk tokens.
+struct Plan {
+  int tiles, tiles_per_slice, S, kk;
+};
+
+Plan plan(int64_t B, int64_t V, int64_t k) {
+  Plan p{};
+  p.tiles = int((V + kVecMax - 1 + kTile - 1) / kTile);
+  const int64_t want = B >= kTargetCtas ? 1 : kTargetCtas / B;  // slices per row wanted
+  const int64_t slices = want < p.tiles ? want : p.tiles;
+  p.tiles_per_slice = k > kMaxBufK ? 1 : int((p.tiles + slices - 1) / slices);
+  p.S = (p.tiles + p.tiles_per_slice - 1) / p.tiles_per_slice;
+  const int64_t len = int64_t(p.tiles_per_slice) * kTile;
+  p.kk = int(k < len ? k : len);
+  return p;
+}
+
 struct Layout {
-  size_t part, flags, gkey, gid, cand, stage, sorted, counter, total;
+  size_t part, flags, gkey, gid, cand, stage, counter, total;
 };
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
 Layout layout(int64_t B, int64_t V, int64_t k) {
-  const int64_t S = (V + kSlice - 1) / kSlice;
-  const int64_t kk_max = k < kSlice ? k : kSlice;
+  const Plan p = plan(B, V, k);
+  const size_t BS = size_t(B) * size_t(p.S);
   Layout l{};
   size_t o = 0;
   l.part = o;
-  o = align256(o + sizeof(float4) * B * S);
+  o = align256(o + sizeof(float4) * BS);
   l.flags = o;
-  o = align256(o + sizeof(unsigned) * B * S);
+  o = align256(o + sizeof(unsigned) * BS);
   l.gkey = o;
-  o = align256(o + sizeof(float) * B * S);
+  o = align256(o + sizeof(float) * BS);
   l.gid = o;
-  o = align256(o + sizeof(int32_t) * B * S);
+  o = align256(o + sizeof(int32_t) * BS);
   l.cand = o;
-  o = align256(o + sizeof(Cand) * B * S * kk_max);
+  o = align256(o + sizeof(unsigned long long) * BS * size_t(p.kk));
   l.stage = o;
-  o = align256(o + sizeof(Cand) * B * k);
-  l.sorted = o;
-  o = align256(o + sizeof(Cand) * B * k);
+  o = align256(o + (k > kSortSmem ? sizeof(unsigned long long) * 2 * size_t(B) * size_t(k) : 0));
   l.counter = o;
   o = align256(o + sizeof(unsigned));
   l.total = o;
@@ -478,7 +817,10 @@ Layout layout(int64_t B, int64_t V, int64_t k) {
 
 }  // namespace
 
-size_t junction_scan_cuda_workspace_bytes(int64_t B, int64_t V, int64_t k) { return layout(B, V, k).total; }
+size_t junction_scan_cuda_workspace_bytes(int64_t B, int64_t V, int64_t k) {
+  if (B <= 0 || V <= 0 || k < 1 || k > V) return 256;
+  return layout(B, V, k).total;
+}
 
 cudaError_t junction_scan_cuda(const void* logits, const float* tau, const float* temperature, const int64_t* seed,
                                float* entropy, float* lse, bool* gate, int64_t* topk_ids, float* topk_logprobs,
@@ -487,48 +829,46 @@ cudaError_t junction_scan_cuda(const void* logits, const float* tau, const float
                                int64_t V, int64_t row_stride, int64_t k, CudaScanDType dtype, bool entropy_topk,
                                bool sample_topk, cudaStream_t stream) {
   if (B <= 0) return cudaMemsetAsync(num_junctions, 0, sizeof(int32_t), stream);
-  if (V <= 0 || V >= (int64_t(1) << 31) || k < 1 || k > V) return cudaErrorInvalidValue;
-  const int S = int((V + kSlice - 1) / kSlice);
-  const int kk_max = int(k < kSlice ? k : kSlice);
+  if (V <= 0 || V >= (int64_t(1) << 31) - kTile || k < 1 || k > V || row_stride < 0) return cudaErrorInvalidValue;
+  const Plan p = plan(B, V, k);
+  if (B * p.S > int64_t(0x7fffffff)) return cudaErrorInvalidValue;
   const Layout l = layout(B, V, k);
   char* w = static_cast<char*>(workspace);
   auto* part = reinterpret_cast<float4*>(w + l.part);
   auto* flags = reinterpret_cast<unsigned*>(w + l.flags);
   auto* gkey = reinterpret_cast<float*>(w + l.gkey);
   auto* gid = reinterpret_cast<int32_t*>(w + l.gid);
-  auto* cand = reinterpret_cast<Cand*>(w + l.cand);
-  auto* stage = reinterpret_cast<Cand*>(w + l.stage);
-  auto* sorted = reinterpret_cast<Cand*>(w + l.sorted);
+  auto* cand = reinterpret_cast<unsigned long long*>(w + l.cand);
+  auto* stage = reinterpret_cast<unsigned long long*>(w + l.stage);
   auto* counter = reinterpret_cast<unsigned*>(w + l.counter);
   cudaError_t err = cudaMemsetAsync(counter, 0, sizeof(unsigned), stream);
   if (err != cudaSuccess) return err;
   const bool sample_full = !sample_topk;
-  const dim3 grid1(unsigned(B * S));
+  const dim3 grid1(unsigned(B * p.S));
+#define SIA_SLICE_ARGS                                                                                     \
+  temperature, seed, part, flags, gkey, gid, cand, V, row_stride, p.S, p.tiles_per_slice, p.tiles, p.kk, \
+      sample_full
   switch (dtype) {
     case CudaScanDType::f32:
-      slice_kernel<float><<<grid1, kThreads, 0, stream>>>(static_cast<const float*>(logits), temperature, seed, part,
-                                                          flags, gkey, gid, cand, V, row_stride, S, kk_max,
-                                                          sample_full);
+      slice_kernel<float><<<grid1, kThreads, 0, stream>>>(static_cast<const float*>(logits), SIA_SLICE_ARGS);
       break;
     case CudaScanDType::bf16:
-      slice_kernel<__nv_bfloat16><<<grid1, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits),
-                                                                  temperature, seed, part, flags, gkey, gid, cand, V,
-                                                                  row_stride, S, kk_max, sample_full);
+      slice_kernel<__nv_bfloat16>
+          <<<grid1, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), SIA_SLICE_ARGS);
       break;
     case CudaScanDType::f16:
-      slice_kernel<__half><<<grid1, kThreads, 0, stream>>>(static_cast<const __half*>(logits), temperature, seed, part,
-                                                           flags, gkey, gid, cand, V, row_stride, S, kk_max,
-                                                           sample_full);
+      slice_kernel<__half><<<grid1, kThreads, 0, stream>>>(static_cast<const __half*>(logits), SIA_SLICE_ARGS);
       break;
     default:
       return cudaErrorInvalidValue;
   }
+#undef SIA_SLICE_ARGS
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  row_kernel<<<unsigned(B), kThreads, 0, stream>>>(part, flags, gkey, gid, cand, stage, sorted, counter, tau,
-                                                   temperature, seed, entropy, lse, gate, topk_ids, topk_logprobs,
-                                                   base_token, junction_rows, num_junctions, junction_ids,
-                                                   junction_logprobs, B, k, S, kk_max, entropy_topk, sample_topk);
+  row_kernel<<<unsigned(B), kThreads, 0, stream>>>(part, flags, gkey, gid, cand, stage, counter, tau, temperature,
+                                                   seed, entropy, lse, gate, topk_ids, topk_logprobs, base_token,
+                                                   junction_rows, num_junctions, junction_ids, junction_logprobs, B,
+                                                   k, p.S, p.kk, entropy_topk, sample_topk);
   return cudaGetLastError();
 }
 
