@@ -143,9 +143,11 @@ def _load_models(args, device, dtype):
     vm = None
     if args.value_model is not None:
         if args.value_format == "own":
-            vm = ValueModel.from_pretrained(args.value_model, torch_dtype=torch_dtype)
+            # Decoding only: a LoRA adapter is merged into the weights (one matmul per layer, not three).
+            vm = ValueModel.from_pretrained(args.value_model, torch_dtype=torch_dtype, merge_lora=True)
         elif args.value_format == "sia-release":
-            vm = ValueModel.from_sia_release(args.value_backbone or args.model, args.value_model, torch_dtype=torch_dtype)
+            vm = ValueModel.from_sia_release(args.value_backbone or args.model, args.value_model,
+                                             torch_dtype=torch_dtype, merge_lora=True)
         else:
             vm = ValueModel.from_reward_model(args.value_model, torch_dtype=torch_dtype)
         vm = vm.to(device).eval()
