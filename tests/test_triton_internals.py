@@ -1,13 +1,17 @@
 """Triton junction-scan internals: paths the shared suite's shapes do not reach.
 
 Interpreted runs use one tile per row for V <= 8k, so these tests force small tiles, row
-packing, many vocabulary splits and small merge blocks (the carry of the prefix sum) through
-``_launch(plan=...)``, and check every field against the float64 reference.
+packing, many vocabulary splits (each with a masked head and tail tile around unmasked body
+tiles), the selection paths (extraction below K_PAD = 64, bitonic above; tiles skipped by the
+running k-th threshold) and many merge programs (the last one compacts, with the carry of the
+prefix sum over small blocks) through ``launch_scan(plan=...)``, and check every field against
+the float64 reference.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,19 +24,18 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def plan(b, v, k, *, block_v, rows1, splits, rows2):
     """A launch plan with the given tile, split and merge-block sizes."""
     k_pad = 1 << (k - 1).bit_length()
-    block_v = max(block_v, k_pad)
-    n_tiles = -(-v // block_v)
-    split_len = -(-n_tiles // splits) * block_v
+    block_v = max(block_v, k_pad) if k_pad > 64 else block_v
+    split_len = -(-(-(-v // splits)) // 16) * 16  # ceil(ceil(v / splits) / 16) * 16
     s = -(-v // split_len)
-    return dict(
-        ROWS1=rows1, BLOCK_V=block_v, K_PAD=k_pad, S=s, SPLIT_LEN=split_len,
-        S_PAD=1 << (s - 1).bit_length(), ROWS2=rows2, warps1=4, warps2=4,
+    return jsk.ScanPlan(
+        rows1=rows1, block_v=block_v, k_pad=k_pad, splits=s, split_len=split_len,
+        s_pad=1 << (s - 1).bit_length(), rows2=rows2, warps1=4, warps2=4,
     )
 
 
 def launch(logits, k, tau, temperature, scope, sample, p, seed=1234):
     seed_t = torch.tensor([seed], dtype=torch.int64, device=logits.device)
-    return jsk._launch(logits, k, tau, temperature, seed_t, scope == "full", sample == "full", plan=p)
+    return jsk.launch_scan(logits, k, tau, temperature, seed_t, scope == "full", sample == "full", plan=p)
 
 
 def adversarial(b, v, seed=0):
@@ -96,8 +99,8 @@ def test_strided_bf16_multi_split():
     assert_matches(out, logits, 10, tau, "topk")
 
 
-@pytest.mark.parametrize("k", [4095, 4099])
-def test_k_equals_v_large(k):
+@pytest.mark.parametrize("k", [1000, 1024])
+def test_k_up_to_the_limit(k):
     logits = adversarial(6, 4099).to(DEVICE)
     tau = torch.zeros(6, device=DEVICE)
     for scope in ("topk", "full"):
@@ -106,6 +109,17 @@ def test_k_equals_v_large(k):
             sample_from="topk", generator=None,
         )
         assert_matches(out, logits, k, tau, scope)
+
+
+def test_k_above_the_limit_raises():
+    """An explicit triton request never silently runs another backend."""
+    logits = torch.randn(2, 2000, device=DEVICE)
+    with pytest.raises(ValueError, match="k must be <= 1024"):
+        jsk.junction_scan_triton(logits, k=1025, tau=torch.zeros(2, device=DEVICE),
+                                 temperature=torch.zeros(2, device=DEVICE), entropy_scope="topk",
+                                 sample_from="topk", generator=None)
+    with pytest.raises(ValueError, match="1024"):
+        jsk.plan_scan(2, 2000, 1025)
 
 
 def test_bad_rows_give_non_finite_lse():
@@ -154,3 +168,93 @@ def test_sampling_multi_split_frequencies():
     assert (counts[probs == 0] == 0).all()
     assert torch.nn.functional.cosine_similarity(counts / counts.sum(), probs, dim=0) > 0.99
     assert ((counts / counts.sum() - probs).abs() < 0.01).all()
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_sorted_rows_many_candidates(order):
+    """Sorted rows defeat the running-threshold filter: every tile of an ascending row holds
+    more candidates than one compaction round takes (several rounds); a descending row holds
+    none after its first tile (every later tile skipped)."""
+    b, v, k = 3, 700, 10
+    z = torch.arange(v, dtype=torch.float32).expand(b, -1).clone() * 0.01
+    if order == "descending":
+        z = z.flip(1)
+    z[1] += 0.5 * torch.randn(v, generator=torch.Generator().manual_seed(3))
+    tau = torch.full((b,), 1.0, device=DEVICE)
+    out = launch(z.to(DEVICE), k, tau, torch.zeros(b, device=DEVICE), "topk", "topk",
+                 plan(b, v, k, block_v=128, rows1=1, splits=2, rows2=2))
+    assert_matches(out, z.to(DEVICE), k, tau, "topk")
+
+
+def _philox(seed: int, c0: np.ndarray, c1: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Philox4x32-10 (Random123), counters (c0, c1, 0, 0), key (seed lo, seed hi)."""
+    m = np.uint64(0xFFFFFFFF)
+    c = [c0.astype(np.uint64), c1.astype(np.uint64), np.zeros_like(c0, np.uint64), np.zeros_like(c0, np.uint64)]
+    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+    for _ in range(10):
+        p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
+        c = [((p1 >> np.uint64(32)) ^ c[1] ^ k0) & m, p1 & m, ((p0 >> np.uint64(32)) ^ c[3] ^ k1) & m, p0 & m]
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & m, (k1 + np.uint64(0xBB67AE85)) & m
+    return tuple(c)
+
+
+def spec_gumbel(seed: int, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The shared sampler spec's noise g(row, token id), in float64."""
+    r0, r1, r2, r3 = _philox(seed, ids >> 1, rows)
+    odd = (ids & 1) == 1
+    hi, lo = np.where(odd, r2, r0).astype(np.float64), np.where(odd, r3, r1).astype(np.float64)
+    w = np.minimum(hi * 2.0**-32 + (lo + 0.5) * 2.0**-64, 1 - 2.0**-24)
+    return -np.log(-np.log1p(-w))
+
+
+@pytest.mark.parametrize("sample", ["full", "topk"])
+def test_noise_follows_the_shared_spec(sample):
+    """All logits equal: the draw is argmax over the candidates of the spec's Philox noise,
+    keyed by (seed, row, token id), whatever the plan."""
+    b, v, k, seed = 16, 64, 64, 0x1234_5678_9ABC
+    logits = torch.zeros(b, v, device=DEVICE)
+    got = launch(logits, k, torch.zeros(b, device=DEVICE), torch.ones(b, device=DEVICE), "topk", sample,
+                 plan(b, v, k, block_v=16, rows1=2, splits=4, rows2=2), seed=seed).base_token.cpu()
+    rows, ids = np.meshgrid(np.arange(b), np.arange(v), indexing="ij")
+    expect = spec_gumbel(seed, rows, ids).argmax(1)
+    assert got.tolist() == expect.tolist()
+
+
+def test_full_and_topk_sampling_share_noise_and_tiny_t_is_greedy():
+    """Noise is keyed by token id: when the top-k holds every finite token, full and top-k
+    sampling draw the same token. Keys are z + T g: T = 1e-36 is the greedy argmax."""
+    b, v, k = 12, 96, 8
+    z = torch.full((b, v), -math.inf)
+    g = torch.Generator().manual_seed(5)
+    for r in range(b):
+        z[r, torch.randperm(v, generator=g)[:k]] = torch.randn(k, generator=g)
+    z = z.to(DEVICE)
+    p = plan(b, v, k, block_v=32, rows1=4, splits=2, rows2=4)
+    tau, temp = torch.zeros(b, device=DEVICE), torch.full((b,), 1.3, device=DEVICE)
+    full = launch(z, k, tau, temp, "topk", "full", p, seed=77).base_token
+    topk = launch(z, k, tau, temp, "topk", "topk", p, seed=77).base_token
+    assert torch.equal(full, topk)
+    assert not torch.equal(full, z.argmax(1))
+    tiny = torch.full((b,), 1e-36, device=DEVICE)
+    for sample in ("full", "topk"):
+        assert torch.equal(launch(z, k, tau, tiny, "topk", sample, p).base_token, z.argmax(1))
+
+
+def test_plan_is_typed_bucketed_and_validated():
+    p = jsk.plan_scan(64, 151_936, 10)
+    assert isinstance(p, jsk.ScanPlan) and p == jsk.plan_scan(40, 151_936, 10)  # one bucket
+    assert p.split_len % 16 == 0 and p.splits * p.split_len >= 151_936
+    assert jsk.plan_scan(1, 151_936, 10).splits > p.splits  # small batches split the row more
+    assert jsk.plan_scan(256, 151_936, 10) == jsk.plan_scan(300, 151_936, 10) == jsk.plan_scan(5000, 151_936, 10)
+    for bad in (dict(b=0), dict(v=-1), dict(k=True), dict(num_sms=0)):
+        args = dict(b=4, v=100, k=5, num_sms=132) | bad
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            jsk.plan_scan(args.pop("b"), args.pop("v"), args.pop("k"), **args)
+
+
+def test_warmup_runs_every_bucket_once():
+    with pytest.raises(ValueError, match="k_values"):
+        jsk.warmup(DEVICE, vocab_size=50, k_values=(0,))
+    with pytest.raises(ValueError, match="vocab_size"):
+        jsk.warmup(DEVICE, vocab_size=0)
+    assert jsk.warmup(DEVICE, vocab_size=50, k_values=(3,), batch_sizes=(1, 3, 4), dtypes=(torch.float32,)) == 2

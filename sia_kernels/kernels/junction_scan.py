@@ -1,23 +1,43 @@
 """Triton junction scan (DESIGN.md §1-2): one read of the logits, two launches, no host sync.
 
-Spec: ``sia_kernels.reference.junction_scan_ref``. Read in order:
+Spec: ``sia_kernels.reference.junction_scan_ref``. Public Triton API only; tested with triton
+3.9.0. bench/sass_budget.py counts the compiled code of exactly these kernels. Read in order:
 
-1. ``_junction_partials_kernel``, grid (B rows × S vocabulary splits): each program streams
-   its split in tiles of ``BLOCK_V`` and keeps the one-pass entropy partials (m, d, s), a
-   running top-``K_PAD`` of packed int64 keys and, when sampling from the full vocabulary, a
-   running Gumbel-max key. Partials go to small scratch buffers ``[B, S]`` / ``[B, S, K_PAD]``.
-2. ``_junction_merge_kernel``, ONE program: merges the S partials per row (lse, entropy,
-   final top-k, gate, base token) and compacts the junction rows with a prefix sum in row
-   order, a block of rows at a time with a running carry, so the order is deterministic.
-3. ``_launch`` picks the grid, split and tile sizes; ``junction_scan_triton`` is the backend.
+1. ``_junction_partials_kernel``, grid (row blocks × S vocabulary splits): each program streams
+   its split in tiles of ``BLOCK_V`` columns. Per *lane* (thread element) it accumulates the
+   one-pass entropy partials d = sum e^(z-m), s = sum e^(z-m)(z-m) against a per-row reference
+   m that moves only when the row max grows by more than ``_SLACK`` (so the stream is one
+   FFMA, one exp2, one add, one clamp and one FFMA per element, and the lanes are reduced once,
+   at the end). The tile's row max (one reduction per tile) also gates the top-k: only a tile
+   holding a logit above the running (exact) k-th best runs the selection, which compacts just
+   those logits and inserts them (``_select``). Partials go to small scratch buffers
+   ``[3, B, S]`` / ``[B, S, K_PAD]``.
+2. ``_junction_merge_kernel``, one program per block of rows: merges the S partials per row
+   (lse, entropy, final top-k, gate, base token). The program that finishes last (an atomic
+   ticket, a [1] i32 per device and stream that the partials kernel zeroes) compacts the junction
+   rows with a prefix sum in row order, so the order is deterministic and there is still no
+   third launch.
+3. ``plan_scan`` picks tile, split and block sizes from V, k and a *bucket* of B (a handful of
+   compiled variants per model, see ``warmup``); ``launch_scan`` launches; ``junction_scan_triton``
+   is the backend.
 
-Packed keys: a float32 logit maps to a monotone int32 (flip the low 31 bits of negatives);
-that goes in the high half of an int64 and ``~token_id`` in the low half, so one integer
-max or sort orders by value and breaks ties towards the lower id, and both the value
-(exactly) and the id decode back from the key. Padding keys start at INT64_MIN, below every
-real key (even a real ``-inf`` logit's), so padding is never chosen while a real token is left.
+Loads: rows are read through a 16-byte-aligned base (``aligned_view``) and each tile starts on
+a 16-byte boundary, so the body tiles are unmasked 128-bit loads for any V and row stride; only
+a split's first and last tile carry a column mask.
+
+Packed keys: a float32 logit maps to a monotone int32 (flip the low 31 bits of negatives); that
+goes in the high half of an int64 and ``~token_id`` in the low half, so one integer max orders
+by value and breaks ties towards the lower id, and both decode back exactly. Padding keys start
+at INT64_MIN, below every real key (even a real ``-inf`` logit's).
+
+Sampling (shared spec, all backends): the Gumbel-max key of token t in row b is
+``z + T * g(b, t)`` (one FMA: no overflow for tiny T, where it is the greedy argmax), with ``g``
+from Philox4x32-10 keyed by the seed and counted by (t >> 1, b): see ``_gumbel``. Top-k sampling
+keys the noise by the candidate's token id, so both scopes see the same noise per token.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -25,18 +45,20 @@ import triton.language as tl
 
 from ..types import JunctionScan, empty_scan
 
+MAX_K = 1024  # largest k the kernels take (K_PAD = 1024); larger k raises ValueError
 _KEY_PAD = tl.constexpr(-(2**63))  # below every packed key, including that of a -inf logit
-_TILE = 4096  # elements per tile on a GPU (see _plan)
-# Under TRITON_INTERPRET=1 (CPU tensors) a tile costs per *operation*, not per element
-# (~1 ms each on the hypercube views of the top-k), so the same kernels take 16x larger
-# tiles there: more rows per program, same columns. tests/test_triton_internals.py forces
-# small tiles and many splits so the cross-tile and cross-split merges are exercised too.
+_KEY_TOP = tl.constexpr(2**63 - 1)  # above every packed key
+_LOG2E = tl.constexpr(1.4426950408889634)
+# The per-row reference moves only when a tile's max exceeds it by this many nats: e^(z - m)
+# stays below e^8 (no overflow in f32 sums of 10^8 such terms) and rescales are rare.
+_SLACK = tl.constexpr(8.0)
+_TILE = 4096  # elements per tile on a GPU (rows × columns)
+# Under TRITON_INTERPRET=1 (CPU tensors) a tile costs per *operation*, not per element, so the
+# same kernels take 16x larger tiles and one split there (tests/test_triton_internals.py forces
+# small tiles, many splits and small merge blocks through ``launch_scan(plan=...)``).
 _TILE_INTERPRETED = 65536
-_MAX_EXTRACT_K = 64  # K_PAD up to this: top-k by extraction; above: bitonic sort per tile
-# K_PAD above this takes the torch path: the unrolled bitonic network grows as K log^2 K and
-# a GPU compile of K_PAD = 1024 already takes ~2.5 min (measured, sm_90, both kernels).
-# Interpreted there is no compile, so the kernels' large-K path is tested up to V = 4099.
-_MAX_FUSED_K = {"cuda": 256, "cpu": 8192}
+_MAX_COMPACT_K = 64  # K_PAD up to this: selection by compaction; above: bitonic sort per tile
+_B_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)  # plans (compiled variants) see B only through these
 
 
 # ---------------------------------------------------------------- helpers
@@ -67,33 +89,22 @@ def _key_value(key):
 
 
 @triton.jit
-def _gumbel(seed, rows, cols):
-    """Standard Gumbel noise, a pure function of (seed, row, column): Philox with the
-    counter (column, row), so a draw does not depend on how the vocabulary is tiled."""
-    rows, cols = tl.broadcast(rows, cols)
-    r, _, _, _ = tl.philox(seed, cols.to(tl.uint32), rows.to(tl.uint32), 0, 0)
-    r = r.to(tl.int32, bitcast=True)
-    u = tl.where(r < 0, ~r, r).to(tl.float32) * 4.6566127342e-10  # [0, 1), as tl.rand
-    return -tl.log(-tl.log(u))  # u == 0 gives -inf: that token just is not drawn
+def _gumbel(seed, rows, ids):
+    """Standard Gumbel noise g(row, token id), the shared sampler spec (issue 13).
 
-
-# Reductions are written ``tl.reduce(x, axis, _MAX)`` with triton's own combine functions:
-# the same code as tl.max / tl.min / tl.sum on a GPU, but under TRITON_INTERPRET=1 a call
-# to those @jit wrappers re-patches triton.language (~5 ms), while tl.reduce with these
-# combine functions goes straight to numpy. The interpreted tests are ~10x faster for it.
-_MAX = tl.standard._elementwise_max
-_MIN = tl.standard._elementwise_min
-_SUM = tl.standard._sum_combine
-
-
-@triton.constexpr_function
-def _log2(n):
-    return int(n).bit_length() - 1
-
-
-@triton.constexpr_function
-def _min(a, b):
-    return min(int(a), int(b))
+    Philox4x32-10, key (seed & 0xffffffff, seed >> 32), counter (id >> 1, row, 0, 0): even ids
+    take (hi, lo) = (r0, r1), odd ids (r2, r3). w = hi 2^-32 + (lo + 1/2) 2^-64 in (0, 1 - 2^-24],
+    E = -log(1 - w) (a series below 2^-10, so tiny w keep their precision), g = -log(E) <= ~45.
+    A pure function of (seed, row, id): tiles, splits and candidate ranks change nothing."""
+    rows, ids = tl.broadcast(rows, ids)
+    r0, r1, r2, r3 = tl.philox(seed, (ids >> 1).to(tl.uint32), rows.to(tl.uint32), 0, 0)
+    odd = (ids & 1) != 0
+    hi = tl.where(odd, r2, r0).to(tl.float32)
+    lo = tl.where(odd, r3, r1).to(tl.float32)
+    w = hi * 2.3283064365386963e-10 + (lo + 0.5) * 5.421010862427522e-20
+    w = tl.minimum(w, 0.99999994039535522)  # 1 - 2^-24: hi rounded up to 2^32 stays below 1
+    e = tl.where(w < 0.0009765625, w + w * w * (0.5 + w * 0.3333333432674408), -tl.log(1.0 - w))
+    return -tl.log(e)
 
 
 @triton.jit
@@ -103,170 +114,242 @@ def _axis_indicator(D: tl.constexpr, J: tl.constexpr):
 
 
 @triton.jit
-def _bitonic_topk(x, LOG_N: tl.constexpr, LOG_K: tl.constexpr, DESCENDING: tl.constexpr):
-    """The 2**LOG_K largest entries along the last axis of ``x`` (size 2**LOG_N), sorted.
+def _bitonic_topk(x, LOG_R: tl.constexpr, LOG_N: tl.constexpr, LOG_K: tl.constexpr, DESCENDING: tl.constexpr):
+    """The 2**LOG_K largest entries along the last axis of ``x`` ([2**LOG_R, 2**LOG_N]), sorted.
 
     ``tl.topk``'s algorithm on the hypercube view [2, ..., 2]: sort chunks of 2**LOG_K in
     alternating order, then repeatedly halve by an elementwise max of neighbouring chunks (a
     bitonic split keeps the larger half) and re-merge. A compare-and-swap is a min and a max
-    over one size-2 axis: registers or one shuffle on a GPU, numpy in the interpreter (where
-    tl.topk's xor_sum reduce is a per-element Python loop)."""
+    over one size-2 axis: registers or one shuffle on a GPU, numpy in the interpreter."""
     if LOG_K == 0:
-        out = tl.reduce(x, len(x.shape) - 1, _MAX, keep_dims=True)
+        out = tl.max(x, 1, keep_dims=True)
     else:
-        h = tl.reshape(x, [2] * _log2(x.numel))
-        # (No constexpr locals in these unrolled loops: triton forbids rebinding them.)
+        h = tl.reshape(x, [2] * (LOG_R + LOG_N))
         for stage in tl.static_range(1, LOG_N + 1):
+            # dims of h at this stage: LOG_R + LOG_N - max(0, stage - LOG_K) (after the halving)
             if stage > LOG_K:  # halve: keep the larger of each chunk pair
-                h = tl.reduce(h, _log2(h.numel) - 1 - LOG_K, _MAX)
-            # chunk = 2**min(stage, LOG_K); alternate its order chunk by chunk (bitonic
-            # pairs) until the last stage, which sorts in the requested order.
+                h = tl.max(h, LOG_R + LOG_N - (stage - LOG_K) - LOG_K)
             if stage < LOG_N:
-                flip = _axis_indicator(_log2(h.numel), _min(stage, LOG_K))
+                flip = _axis_indicator(LOG_R + LOG_N - max(0, stage - LOG_K), min(stage, LOG_K))
             else:
                 flip = DESCENDING
-            for i in tl.static_range(_min(stage, LOG_K)):
-                # compare-and-swap along the (chunk - 1 - i)-th innermost axis
-                lo = tl.reduce(h, _log2(h.numel) - _min(stage, LOG_K) + i, _MIN, keep_dims=True)
-                hi = tl.reduce(h, _log2(h.numel) - _min(stage, LOG_K) + i, _MAX, keep_dims=True)
-                right = _axis_indicator(_log2(h.numel), _min(stage, LOG_K) - 1 - i)
+            # (No constexpr locals in these unrolled loops: triton forbids rebinding them.)
+            for i in tl.static_range(min(stage, LOG_K)):
+                lo = tl.min(h, LOG_R + LOG_N - max(0, stage - LOG_K) - min(stage, LOG_K) + i, keep_dims=True)
+                hi = tl.max(h, LOG_R + LOG_N - max(0, stage - LOG_K) - min(stage, LOG_K) + i, keep_dims=True)
+                right = _axis_indicator(LOG_R + LOG_N - max(0, stage - LOG_K), min(stage, LOG_K) - 1 - i)
                 h = tl.where((flip ^ right) != 0, hi, lo)
-        out = tl.reshape(h, x.shape[:-1] + [2**LOG_K])
+        out = tl.reshape(h, [2**LOG_R, 2**LOG_K])
     return out
 
 
 @triton.jit
-def _merge_sorted(best, cand, LOG_K: tl.constexpr):
+def _merge_sorted(best, cand, LOG_R: tl.constexpr, LOG_K: tl.constexpr):
     """Top 2**LOG_K of ``best`` (descending) and ``cand`` (ascending) per row, descending.
 
     Their elementwise max is exactly that top half, as a bitonic sequence; one bitonic merge
     (LOG_K compare-and-swap steps) sorts it."""
     h = tl.maximum(best, cand)
     if LOG_K > 0:
-        h = tl.reshape(h, [2] * _log2(h.numel))
+        h = tl.reshape(h, [2] * (LOG_R + LOG_K))
         for i in tl.static_range(LOG_K):
-            lo = tl.reduce(h, _log2(h.numel) - LOG_K + i, _MIN, keep_dims=True)
-            hi = tl.reduce(h, _log2(h.numel) - LOG_K + i, _MAX, keep_dims=True)
-            right = _axis_indicator(_log2(h.numel), LOG_K - 1 - i)
+            lo = tl.min(h, LOG_R + i, keep_dims=True)
+            hi = tl.max(h, LOG_R + i, keep_dims=True)
+            right = _axis_indicator(LOG_R + LOG_K, LOG_K - 1 - i)
             h = tl.where(right == 0, hi, lo)  # descending: the larger one first
-        h = tl.reshape(h, best.shape)
+        h = tl.reshape(h, [2**LOG_R, 2**LOG_K])
     return h
+
+
+@triton.jit
+def _select(best, full, kth_val, x, tile_ptrs, col0, start, end, k, scratch, slot,
+            K_PAD: tl.constexpr, LOG_R: tl.constexpr, LOG_V: tl.constexpr, LOG_K: tl.constexpr,
+            SORT_TILE: tl.constexpr, LOG_CAP: tl.constexpr, LOG_G: tl.constexpr):
+    """Fold the tile's logits ``x`` [ROWS, BLOCK_V] (lane j is column ``col0 + j``, read from
+    ``tile_ptrs + j``; columns outside [start, end) are -inf in ``x``) that can still enter the
+    row's top-k into ``best`` [ROWS, K_PAD] packed keys. Returns best, full, kth_val (the k-th
+    best logit once the row holds k keys, else -inf).
+
+    A program walks its columns in increasing order, so a later logit equal to the k-th best
+    never displaces it (higher id): once a row is full, ``x > kth_val`` is the whole test.
+    Small K: ``best`` is unsorted, its lanes j >= k parked at _KEY_TOP so that its minimum is
+    the exact k-th. The candidates' lanes are compacted (a prefix sum over the tile, 2**LOG_CAP
+    at a time, in column order) into the program's ``scratch`` slot and inserted one by one,
+    each replacing the minimum: a tile usually holds a handful, so this costs a scan, not a
+    sort. While a row is not full its bound is the k-th largest of 2**LOG_G group maxima of the
+    tile (k distinct logits reach it, so nothing below it can enter).
+    Large K: ``best`` sorted descending; a bitonic top-K of the whole tile merged into it."""
+    ROWS: tl.constexpr = 2**LOG_R
+    lanes = tl.arange(0, 2**LOG_V)[None, :]
+    j = tl.arange(0, K_PAD)[None, :]
+    if SORT_TILE:
+        cols = col0[:, None] + lanes
+        valid = (cols >= start) & (cols < end)
+        keys = tl.where(valid & ((x > kth_val[:, None]) | ~full[:, None]), _pack_key(x, cols), _KEY_PAD)
+        best = _merge_sorted(best, _bitonic_topk(keys, LOG_R, LOG_V, LOG_K, 0), LOG_R, LOG_K)
+        kth = tl.max(tl.where(j == k - 1, best, _KEY_PAD), 1)
+    else:
+        avail = x > kth_val[:, None]  # full rows (columns outside the split are -inf: never above)
+        if tl.max((~full).to(tl.int32)) > 0:  # the program's first tiles only
+            cols = col0[:, None] + lanes
+            valid = (cols >= start) & (cols < end)
+            bound = tl.full([ROWS], float("-inf"), tl.float32)
+            if LOG_G > 0:
+                xv = tl.where(valid, x, float("-inf"))
+                group_max = tl.max(tl.reshape(xv, [ROWS, 2**LOG_G, 2**(LOG_V - LOG_G)]), 2)
+                top = _bitonic_topk(group_max, LOG_R, LOG_G, LOG_K, 1)
+                bound = tl.max(tl.where(j == k - 1, top, float("-inf")), 1)
+            avail = tl.where(full[:, None], avail, valid & (x >= bound[:, None]))
+        kth = tl.min(best, 1)
+        over = tl.full([], 1, tl.int32)
+        while over > 0:
+            c = avail.to(tl.int32)
+            pos = tl.cumsum(c, 1) - c
+            take = avail & (pos < 2**LOG_CAP)
+            tl.store(scratch + slot[:, None] + pos, lanes, mask=take)
+            tl.debug_barrier()  # the tile's stores before its loads
+            total = tl.sum(c, 1)
+            n = tl.minimum(total, 2**LOG_CAP)
+            for i in range(0, tl.max(n)):
+                lane = tl.load(scratch + slot + i, mask=i < n, other=0)
+                xi = tl.load(tile_ptrs + lane, mask=i < n, other=0.0).to(tl.float32)  # cached: just read
+                key = tl.where(i < n, _pack_key(xi, col0 + lane), _KEY_PAD)
+                best = tl.where((key > kth)[:, None] & (best == kth[:, None]), key[:, None], best)
+                kth = tl.min(best, 1)
+            tl.debug_barrier()  # every load done before the next round's stores
+            full = kth > _KEY_PAD + K_PAD
+            kth_val = tl.where(full, _key_value(kth), float("-inf"))
+            over = tl.max(total) - 2**LOG_CAP
+            if over > 0:  # rare (ties, sorted rows): the next 2**LOG_CAP candidates
+                avail = avail & ~take & ((x > kth_val[:, None]) | ~full[:, None])
+    full = kth > _KEY_PAD + K_PAD
+    return best, full, tl.where(full, _key_value(kth), float("-inf"))
 
 
 # ---------------------------------------------------------------- kernel 1: partials
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "V", "k", "S", "SPLIT_LEN", "stride_row", "offset"])
 def _junction_partials_kernel(
     # pointers
-    logits_ptr,  # [B, V] f32/bf16/f16, unit column stride
+    logits_ptr,  # [*] f32/bf16/f16, 16-byte aligned; element (r, c) at offset + r * stride_row + c
     temperature_ptr,  # [B] f32, 0 = greedy row
     seed_ptr,  # [1] i64, drawn from the caller's generator
     stats_ptr,  # out [3, B, S] f32: m, d, s per (row, split)
-    topk_keys_ptr,  # out [B, S, K_PAD] i64: packed top-K_PAD keys of the split (any order)
-    gumbel_keys_ptr,  # out [B, S] i64: packed argmax of z / T + Gumbel over the split
+    topk_keys_ptr,  # out [B, S, K_PAD] i64: packed top-k keys of the split (padding past k)
+    gumbel_keys_ptr,  # out [B, S] i64: packed argmax of z + T * Gumbel over the split
+    scratch_ptr,  # [programs * ROWS * 2**LOG_CAP] i32: the selection's compaction buffer
+    ticket_ptr,  # [1] i32: the merge kernel's ticket, zeroed here (this launch runs before it)
     # sizes
     B,
     V,
+    k,
     S,
-    SPLIT_LEN,  # columns per split, a multiple of BLOCK_V
+    SPLIT_LEN,  # columns per split, a multiple of VEC
     # strides
     stride_row,
+    offset,  # elements from the aligned base to logits[0, 0]
     # meta
     ROWS: tl.constexpr,  # rows per program: small V still makes ~4096-element tiles
-    BLOCK_V: tl.constexpr,  # columns per tile, >= K_PAD
+    BLOCK_V: tl.constexpr,  # columns per tile
+    LOG_R: tl.constexpr,  # log2(ROWS)
     LOG_V: tl.constexpr,  # log2(BLOCK_V)
-    K_PAD: tl.constexpr,  # next power of two >= k (bitonic top-k needs a power of two)
+    K_PAD: tl.constexpr,  # power of two >= k (tensor shapes); selection uses the exact k
     LOG_K: tl.constexpr,  # log2(K_PAD)
-    SORT_TILE: tl.constexpr,  # top-k by bitonic sort of each tile (large K) or by extraction
+    VEC: tl.constexpr,  # elements per 16 bytes
+    BF16_WORDS: tl.constexpr,  # bf16 logits: body tiles read as int32 words (cheaper upcast)
+    SORT_TILE: tl.constexpr,  # top-k by bitonic sort of each tile (large K) or by compaction
+    LOG_CAP: tl.constexpr,  # log2(candidates merged per compaction round), >= LOG_K
+    LOG_G: tl.constexpr,  # log2(groups) for the first tile's bound (0: no bound)
     SAMPLE_FULL: tl.constexpr,  # keep a Gumbel-max over the full vocabulary
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     split = tl.program_id(1)
     rmask = rows < B
-    rows64 = rows.to(tl.int64)
+    rows_ld = tl.minimum(rows, B - 1).to(tl.int64)  # rows past B re-read row B-1: no row mask
     start = split * SPLIT_LEN
     end = tl.minimum(start + SPLIT_LEN, V)
-    row_ptrs = logits_ptr + rows64[:, None] * stride_row
+    # Each row's tiles start at the 16-byte boundary at or before column `start`: tile t covers
+    # columns start - head + t * BLOCK_V + lane. Tiles 1.. are whole 16-byte vectors inside the
+    # row until the last one, so only tile 0 and the tail tile need a mask.
+    first = offset + rows_ld * stride_row + start
+    head = (first % VEC).to(tl.int32)
+    row_ptrs = logits_ptr + tl.multiple_of(first - head, VEC)  # 16-byte aligned
     lanes = tl.arange(0, BLOCK_V)
+    half = tl.arange(0, BLOCK_V // 2)
+    cols0 = (start - head)[:, None] + lanes[None, :]
+    n_tiles = tl.cdiv(end - start + VEC - 1, BLOCK_V)
 
-    # One-pass entropy partials relative to the running max m (DESIGN.md §1):
-    # d = sum e^(z-m), s = sum e^(z-m)(z-m). One exp per element, reductions per tile.
-    m = tl.full([ROWS], float("-inf"), tl.float32)
-    d = tl.zeros([ROWS], tl.float32)
-    s = tl.zeros([ROWS], tl.float32)
-    # Running top-K_PAD keys per row, seeded with distinct padding keys (below every real
-    # key, descending) so that "replace the unique minimum" is well defined.
-    best = tl.full([ROWS, K_PAD], _KEY_PAD + K_PAD - 1, tl.int64) - tl.arange(0, K_PAD)[None, :]
-    kth = tl.full([ROWS], _KEY_PAD, tl.int64)  # the smallest key in best
-    kth_val = tl.full([ROWS], float("-inf"), tl.float32)  # its logit, once best is full
+    # Lane accumulators, base 2: y = (z - m) log2(e), d = sum 2^y, s = sum 2^y y.
+    m = tl.full([ROWS], float("-inf"), tl.float32)  # the reference (<= _SLACK below the max)
+    m2 = tl.zeros([ROWS], tl.float32)  # m log2(e), 0 while m = -inf
+    d = tl.zeros([ROWS, BLOCK_V], tl.float32)
+    s = tl.zeros([ROWS, BLOCK_V], tl.float32)
+    j = tl.arange(0, K_PAD)[None, :]
+    # the running top-k as packed keys, distinct padding keys (below every real key) to start;
+    # sorted descending for SORT_TILE, else unsorted with lanes j >= k above every key
+    best = tl.full([ROWS, K_PAD], _KEY_PAD + K_PAD - 1, tl.int64) - j
+    if not SORT_TILE:
+        best = tl.where(j < k, best, _KEY_TOP)
+    slot = ((tl.program_id(0) * S + split) * ROWS + tl.arange(0, ROWS)) * 2**LOG_CAP
+    kth_val = tl.full([ROWS], float("-inf"), tl.float32)  # k-th best logit once best is full
     full = tl.zeros([ROWS], tl.int1)
     gbest = tl.full([ROWS], _KEY_PAD, tl.int64)
     if SAMPLE_FULL:
-        t = tl.load(temperature_ptr + rows, mask=rmask, other=0.0)
-        sampling = t > 0.0
-        any_sampling = tl.reduce(sampling.to(tl.int32), 0, _MAX) > 0  # all greedy: no RNG work at all
-        t_safe = tl.where(sampling, t, 1.0)
+        t = tl.load(temperature_ptr + rows_ld)
+        sampling = (t > 0.0) & rmask
+        any_sampling = tl.max(sampling.to(tl.int32)) > 0  # all greedy: no RNG work at all
         seed = tl.load(seed_ptr)
 
-    for off in range(start, end, BLOCK_V):
-        cols = off + lanes
-        mask = rmask[:, None] & (cols < end)[None, :]
-        # Upcast in registers: bf16/f16 rows are read at their own width (half the bytes).
-        x = tl.load(row_ptrs + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+    for i in range(0, n_tiles):
+        off = i * BLOCK_V
+        ptrs = row_ptrs[:, None] + (off + lanes)[None, :]
+        if (i == 0) | (start + off + BLOCK_V > end):  # the head or tail tile: mask columns
+            x = tl.load(ptrs, mask=(cols0 + off >= start) & (cols0 + off < end), other=float("-inf"))
+            x = x.to(tl.float32)
+        elif BF16_WORDS:  # bf16 pairs as 32-bit words: one shift or one and per element
+            words = tl.load(row_ptrs.to(tl.pointer_type(tl.int32))[:, None] + (off // 2 + half)[None, :])
+            lo = (words << 16).to(tl.float32, bitcast=True)
+            hi = (words & -65536).to(tl.float32, bitcast=True)
+            x = tl.reshape(tl.join(lo, hi), [ROWS, BLOCK_V])
+        else:  # 128-bit loads, no mask: bf16/f16 rows are read at their own width
+            x = tl.load(ptrs).to(tl.float32)
 
-        x_max = tl.reduce(x, 1, _MAX)
-        m_new = tl.maximum(m, x_max)
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: e = 0, not NaN
-        alpha = tl.exp(m - m_ref)  # m == -inf -> 0 (d = s = 0 then anyway)
-        e = tl.exp(x - m_ref[:, None])
-        # The where keeps -inf logits (e = 0, z - m = -inf) from making NaN; a NaN logit is
-        # not masked out of d, so its row's d and lse come out NaN (ops.py reports the row).
-        s = tl.where(alpha > 0.0, alpha * (s + d * (m - m_ref)), 0.0) + tl.reduce(
-            tl.where(e > 0.0, e * (x - m_ref[:, None]), 0.0), 1, _SUM
-        )
-        d = d * alpha + tl.reduce(e, 1, _SUM)
-        m = m_new
+        x_max = tl.max(x, 1)
+        if tl.max((x_max > m + _SLACK).to(tl.int32)) > 0:  # rare: the first tiles, +inf
+            m_new = tl.where(x_max > m + _SLACK, x_max, m)
+            m2_new = tl.where(m_new == float("-inf"), 0.0, m_new * _LOG2E)
+            alpha = tl.where(m == float("-inf"), 0.0, tl.exp2(m2 - m2_new))[:, None]  # d = s = 0 then
+            s = tl.where(alpha > 0.0, alpha * (s + d * (m2 - m2_new)[:, None]), 0.0)
+            d = d * alpha
+            m = m_new
+            m2 = m2_new
+        y = x * _LOG2E - m2[:, None]
+        e = tl.exp2(y)
+        d += e  # a NaN logit stays in d: its row's lse is NaN (ops.py reports the row)
+        s += e * tl.maximum(y, -256.0)  # -inf logits: 0 * -256, not 0 * -inf = NaN
 
-        # Top-k. A program walks its columns in increasing order, so a later logit equal to
-        # the k-th best never displaces it (higher id): once best is full, a tile whose max
-        # logit is not above the k-th best holds no candidate, and the float max computed
-        # for m above is the whole test. Only the other tiles build the int64 keys.
-        if tl.reduce(((x_max > kth_val) | ~full).to(tl.int32), 0, _MAX) > 0:
-            keys = tl.where(mask, _pack_key(x, cols[None, :]), _KEY_PAD)
-            if SORT_TILE:
-                # Large K: a bitonic top-K of the tile (ascending), merged into best.
-                best = _merge_sorted(best, _bitonic_topk(keys, LOG_V, LOG_K, 0), LOG_K)
-                kth = tl.reduce(best, 1, _MIN)
-            else:
-                # Small K: extract the tile's keys above the k-th best one at a time, each
-                # replacing best's minimum. Only ~K (first tile) or ~K/t (t-th tile, random
-                # order) keys improve, so this costs a few reductions, not a sorting network.
-                k_max = tl.reduce(keys, 1, _MAX)
-                while tl.reduce((k_max > kth).to(tl.int32), 0, _MAX) > 0:
-                    better = k_max > kth
-                    best = tl.where((best == kth[:, None]) & better[:, None], k_max[:, None], best)
-                    keys = tl.where((keys == k_max[:, None]) & better[:, None], _KEY_PAD, keys)
-                    kth = tl.reduce(best, 1, _MIN)
-                    k_max = tl.reduce(keys, 1, _MAX)
-            full = kth > _KEY_PAD + K_PAD
-            kth_val = tl.where(full, _key_value(kth), float("-inf"))
+        if tl.max((((x_max > kth_val) | ~full) & rmask).to(tl.int32)) > 0:
+            best, full, kth_val = _select(best, full, kth_val, x, row_ptrs + off, start - head + off, start, end,
+                                          k, scratch_ptr, slot, K_PAD, LOG_R, LOG_V, LOG_K, SORT_TILE, LOG_CAP,
+                                          LOG_G)
 
         if SAMPLE_FULL:
             if any_sampling:
-                # Counter = (row, token): the draw does not depend on S, ROWS or BLOCK_V.
-                g = _gumbel(seed, rows[:, None], cols[None, :])
-                gk = tl.where(
-                    mask & sampling[:, None], _pack_key(x / t_safe[:, None] + g, cols[None, :]), _KEY_PAD
-                )
-                gbest = tl.maximum(gbest, tl.reduce(gk, 1, _MAX))
+                cols = cols0 + off
+                g = _gumbel(seed, rows[:, None], cols)
+                valid = (cols >= start) & (cols < end)
+                gk = tl.where(valid & sampling[:, None], _pack_key(tl.fma(t[:, None], g, x), cols), _KEY_PAD)
+                gbest = tl.maximum(gbest, tl.max(gk, 1))
 
+    if (tl.program_id(0) == 0) & (split == 0):
+        tl.store(ticket_ptr, 0)  # whatever an earlier, aborted scan left there
     part = rows * S + split
     tl.store(stats_ptr + part, m, mask=rmask)
-    tl.store(stats_ptr + B * S + part, d, mask=rmask)
-    tl.store(stats_ptr + 2 * B * S + part, s, mask=rmask)
-    k_off = part.to(tl.int64)[:, None] * K_PAD + tl.arange(0, K_PAD)[None, :]
-    tl.store(topk_keys_ptr + k_off, best, mask=rmask[:, None])
+    tl.store(stats_ptr + B * S + part, tl.sum(d, 1), mask=rmask)
+    tl.store(stats_ptr + 2 * B * S + part, tl.sum(s, 1) / _LOG2E, mask=rmask)
+    k_off = part.to(tl.int64)[:, None] * K_PAD + j
+    tl.store(topk_keys_ptr + k_off, tl.where(j < k, best, _KEY_PAD), mask=rmask[:, None])
     if SAMPLE_FULL:
         tl.store(gumbel_keys_ptr + part, gbest, mask=rmask)
 
@@ -274,7 +357,7 @@ def _junction_partials_kernel(
 # ---------------------------------------------------------------- kernel 2: merge + compact
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "S", "k"])
 def _junction_merge_kernel(
     # pointers: inputs
     stats_ptr,  # [3, B, S] f32
@@ -283,6 +366,7 @@ def _junction_merge_kernel(
     tau_ptr,  # [B] f32
     temperature_ptr,  # [B] f32
     seed_ptr,  # [1] i64
+    ticket_ptr,  # [1] i32, zeroed by the partials kernel; counts finished programs
     # pointers: outputs
     entropy_ptr,  # [B] f32
     lse_ptr,  # [B] f32
@@ -301,152 +385,238 @@ def _junction_merge_kernel(
     # meta
     S_PAD: tl.constexpr,
     K_PAD: tl.constexpr,
+    LOG_R: tl.constexpr,  # log2(ROWS)
     LOG_K: tl.constexpr,  # log2(K_PAD)
     LOG_SK: tl.constexpr,  # log2(S_PAD * K_PAD)
-    ROWS: tl.constexpr,  # rows merged per iteration
+    ROWS: tl.constexpr,  # rows per program
+    CROWS: tl.constexpr,  # rows per step of the compaction
     SCOPE_FULL: tl.constexpr,  # entropy over the full vocabulary (else over the top-k)
     SAMPLE_FULL: tl.constexpr,  # base token from the full-vocabulary Gumbel partials
 ):
-    # A single program: the prefix sum over the gate then runs in row order with a carry,
-    # deterministic and with no second launch. The work per row is O(S * K_PAD), tiny.
-    r_lanes = tl.arange(0, ROWS)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < B
+    rows64 = rows.to(tl.int64)
     s_lanes = tl.arange(0, S_PAD)
     j = tl.arange(0, K_PAD)
     jmask = j < k
     kk = tl.arange(0, S_PAD * K_PAD)
-    seed = tl.load(seed_ptr)
-    carry = tl.full([], 0, tl.int32)
 
-    for r0 in range(0, B, ROWS):
-        rows = r0 + r_lanes
-        rmask = rows < B
-        rows64 = rows.to(tl.int64)
+    # ---- lse and full entropy from the (m, d, s) partials, rescaled by e^(m_i - M)
+    smask = rmask[:, None] & (s_lanes[None, :] < S)
+    part = rows[:, None] * S + s_lanes[None, :]
+    pm = tl.load(stats_ptr + part, mask=smask, other=float("-inf"))
+    pd = tl.load(stats_ptr + B * S + part, mask=smask, other=0.0)
+    ps = tl.load(stats_ptr + 2 * B * S + part, mask=smask, other=0.0)
+    big_m = tl.max(pm, 1)
+    m_ref = tl.where(big_m == float("-inf"), 0.0, big_m)
+    scale = tl.exp(pm - m_ref[:, None])
+    den = tl.sum(pd * scale, 1)  # a NaN partial stays in: that row's lse is NaN
+    num = tl.sum(tl.where(scale > 0.0, scale * (ps + pd * (pm - m_ref[:, None])), 0.0), 1)
+    log_den = tl.log(den)
+    lse = tl.where(big_m == float("inf"), float("inf"), m_ref + log_den)
+    lse = tl.where(big_m == float("-inf"), float("-inf"), lse)
 
-        # ---- lse and full entropy from the (m, d, s) partials, rescaled by e^(m_i - M)
-        smask = rmask[:, None] & (s_lanes[None, :] < S)
-        part = rows[:, None] * S + s_lanes[None, :]
-        pm = tl.load(stats_ptr + part, mask=smask, other=float("-inf"))
-        pd = tl.load(stats_ptr + B * S + part, mask=smask, other=0.0)
-        ps = tl.load(stats_ptr + 2 * B * S + part, mask=smask, other=0.0)
-        big_m = tl.reduce(pm, 1, _MAX)
-        m_ref = tl.where(big_m == float("-inf"), 0.0, big_m)
-        scale = tl.exp(pm - m_ref[:, None])
-        den = tl.reduce(pd * scale, 1, _SUM)  # a NaN partial stays in: that row's lse is NaN
-        num = tl.reduce(tl.where(scale > 0.0, scale * (ps + pd * (pm - m_ref[:, None])), 0.0), 1, _SUM)
-        log_den = tl.log(den)
-        lse = tl.where(big_m == float("inf"), float("inf"), big_m + log_den)
+    # ---- final top-k: the best K_PAD of the S partial lists (each in any order)
+    kmask = rmask[:, None] & (kk[None, :] < S * K_PAD)
+    keys = tl.load(topk_keys_ptr + rows64[:, None] * S * K_PAD + kk[None, :], mask=kmask, other=_KEY_PAD)
+    top = _bitonic_topk(keys, LOG_R, LOG_SK, LOG_K, 1)  # [ROWS, K_PAD], descending
+    ids = _key_id(top)
+    vals = _key_value(top)  # padding lanes (j >= k) decode to NaN; always masked below
+    omask = rmask[:, None] & jmask[None, :]
+    out_off = rows64[:, None] * k + j[None, :]
+    tl.store(topk_ids_ptr + out_off, ids, mask=omask)
+    tl.store(topk_logprobs_ptr + out_off, vals - lse[:, None], mask=omask)
 
-        # ---- final top-k: the best K_PAD of the S partial lists (each in any order)
-        kmask = rmask[:, None] & (kk[None, :] < S * K_PAD)
-        keys = tl.load(
-            topk_keys_ptr + rows64[:, None] * S * K_PAD + kk[None, :], mask=kmask, other=_KEY_PAD
-        )
-        top = _bitonic_topk(keys, LOG_SK, LOG_K, 1)  # [ROWS, K_PAD], descending
-        ids = _key_id(top)
-        vals = _key_value(top)  # padding lanes (j >= k) decode to NaN; always masked below
-        omask = rmask[:, None] & jmask[None, :]
-        out_off = rows64[:, None] * k + j[None, :]
-        logprobs = vals - lse[:, None]
-        tl.store(topk_ids_ptr + out_off, ids, mask=omask)
-        tl.store(topk_logprobs_ptr + out_off, logprobs, mask=omask)
+    # ---- entropy in the chosen scope, gate
+    if SCOPE_FULL:
+        entropy = log_den - num / den
+    else:
+        top1 = tl.max(tl.where(jmask[None, :], vals, float("-inf")), 1)
+        t_ref = tl.where(top1 == float("-inf"), 0.0, top1)
+        e = tl.where(jmask[None, :], tl.exp(vals - t_ref[:, None]), 0.0)
+        dk = tl.sum(e, 1)
+        sk = tl.sum(tl.where(e > 0.0, e * (vals - t_ref[:, None]), 0.0), 1)
+        entropy = tl.log(dk) - sk / dk
+    tau = tl.load(tau_ptr + rows, mask=rmask, other=float("inf"))
+    gate = (entropy > tau) & rmask
+    tl.store(entropy_ptr + rows, entropy, mask=rmask)
+    tl.store(lse_ptr + rows, lse, mask=rmask)
+    tl.store(gate_ptr + rows, gate.to(tl.uint8), mask=rmask)
 
-        # ---- entropy in the chosen scope, gate
-        if SCOPE_FULL:
-            entropy = log_den - num / den
-        else:
-            top1 = tl.reduce(tl.where(jmask[None, :], vals, float("-inf")), 1, _MAX)
-            t_ref = tl.where(top1 == float("-inf"), 0.0, top1)
-            e = tl.where(jmask[None, :], tl.exp(vals - t_ref[:, None]), 0.0)
-            dk = tl.reduce(e, 1, _SUM)
-            sk = tl.reduce(tl.where(e > 0.0, e * (vals - t_ref[:, None]), 0.0), 1, _SUM)
-            entropy = tl.log(dk) - sk / dk
-        tau = tl.load(tau_ptr + rows, mask=rmask, other=float("inf"))
-        gate = (entropy > tau) & rmask
-        tl.store(entropy_ptr + rows, entropy, mask=rmask)
-        tl.store(lse_ptr + rows, lse, mask=rmask)
-        tl.store(gate_ptr + rows, gate.to(tl.uint8), mask=rmask)
+    # ---- base token: greedy = top-1; else Gumbel-max z + T g (full partials or the k candidates)
+    t = tl.load(temperature_ptr + rows, mask=rmask, other=0.0)
+    greedy_id = tl.sum(tl.where(j[None, :] == 0, ids, 0), 1)
+    if SAMPLE_FULL:
+        gkeys = tl.load(gumbel_keys_ptr + part, mask=smask, other=_KEY_PAD)
+        sampled = _key_id(tl.max(gkeys, 1))
+    else:
+        g = _gumbel(tl.load(seed_ptr), rows[:, None], ids)  # keyed by token id, not rank
+        gk = tl.where(omask, _pack_key(tl.fma(t[:, None], g, vals), ids), _KEY_PAD)
+        sampled = _key_id(tl.max(gk, 1))
+    tl.store(base_token_ptr + rows, tl.where(t > 0.0, sampled, greedy_id), mask=rmask)
 
-        # ---- base token: greedy = top-1; else Gumbel-max (full partials or the k candidates)
-        t = tl.load(temperature_ptr + rows, mask=rmask, other=0.0)
-        greedy_id = tl.reduce(tl.where(j[None, :] == 0, ids, 0), 1, _SUM)
-        if SAMPLE_FULL:
-            gkeys = tl.load(gumbel_keys_ptr + part, mask=smask, other=_KEY_PAD)
-            sampled = _key_id(tl.reduce(gkeys, 1, _MAX))
-        else:
-            t_safe = tl.where(t > 0.0, t, 1.0)
-            g = _gumbel(seed, rows[:, None], j[None, :])
-            gk = tl.where(omask, _pack_key(vals / t_safe[:, None] + g, j[None, :]), _KEY_PAD)
-            pick = _key_id(tl.reduce(gk, 1, _MAX))
-            sampled = tl.reduce(tl.where(j[None, :] == pick[:, None], ids, 0), 1, _SUM)
-        base = tl.where(t > 0.0, sampled, greedy_id)
-        tl.store(base_token_ptr + rows, base, mask=rmask)
-
-        # ---- compaction: destination = carry + exclusive prefix sum of the gate
-        g32 = gate.to(tl.int32)
-        dest = (carry + tl.associative_scan(g32, 0, _SUM) - g32).to(tl.int64)
-        tl.store(junction_rows_ptr + dest, rows64, mask=gate)
-        j_off = dest[:, None] * k + j[None, :]
-        jm = gate[:, None] & jmask[None, :]
-        tl.store(junction_ids_ptr + j_off, ids, mask=jm)
-        tl.store(junction_logprobs_ptr + j_off, logprobs, mask=jm)
-        carry += tl.reduce(g32, 0, _SUM)
-
-    tl.store(num_junctions_ptr, carry)
-    # Entries past J are zero, as in the reference (the same program wrote rows < J above).
-    for r0 in range(0, B, ROWS):
-        rows = r0 + r_lanes
-        tail = (rows < B) & (rows >= carry)
-        rows64 = rows.to(tl.int64)
-        tl.store(junction_rows_ptr + rows64, tl.zeros([ROWS], tl.int64), mask=tail)
-        z_off = rows64[:, None] * k + j[None, :]
-        zm = tail[:, None] & jmask[None, :]
-        tl.store(junction_ids_ptr + z_off, tl.zeros([ROWS, K_PAD], tl.int64), mask=zm)
-        tl.store(junction_logprobs_ptr + z_off, tl.zeros([ROWS, K_PAD], tl.float32), mask=zm)
+    # ---- compaction, by whichever program finishes last: destination = exclusive prefix sum
+    # of the gate in row order (deterministic). The acq_rel ticket orders every program's
+    # writes above before the last program's reads below.
+    tl.debug_barrier()
+    ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
+    if ticket == tl.num_programs(0) - 1:
+        c_lanes = tl.arange(0, CROWS)
+        carry = tl.full([], 0, tl.int32)
+        for r0 in range(0, B, CROWS):
+            crows = r0 + c_lanes
+            cmask = crows < B
+            g32 = tl.load(gate_ptr + crows, mask=cmask, other=0, cache_modifier=".cg").to(tl.int32)
+            cg = g32 != 0
+            dest = (carry + tl.cumsum(g32, 0) - g32).to(tl.int64)
+            tl.store(junction_rows_ptr + dest, crows.to(tl.int64), mask=cg)
+            src = crows.to(tl.int64)[:, None] * k + j[None, :]
+            jm = cg[:, None] & jmask[None, :]
+            cid = tl.load(topk_ids_ptr + src, mask=jm, other=0, cache_modifier=".cg")
+            clp = tl.load(topk_logprobs_ptr + src, mask=jm, other=0.0, cache_modifier=".cg")
+            tl.store(junction_ids_ptr + dest[:, None] * k + j[None, :], cid, mask=jm)
+            tl.store(junction_logprobs_ptr + dest[:, None] * k + j[None, :], clp, mask=jm)
+            carry += tl.sum(g32, 0)
+        tl.store(num_junctions_ptr, carry)
+        # Entries past J are zero, as in the reference.
+        for r0 in range(0, B, CROWS):
+            crows = r0 + c_lanes
+            tail = (crows < B) & (crows >= carry)
+            c64 = crows.to(tl.int64)
+            tl.store(junction_rows_ptr + c64, tl.zeros([CROWS], tl.int64), mask=tail)
+            z_off = c64[:, None] * k + j[None, :]
+            zm = tail[:, None] & jmask[None, :]
+            tl.store(junction_ids_ptr + z_off, tl.zeros([CROWS, K_PAD], tl.int64), mask=zm)
+            tl.store(junction_logprobs_ptr + z_off, tl.zeros([CROWS, K_PAD], tl.float32), mask=zm)
 
 
 # ---------------------------------------------------------------- launcher
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 132  # the H100 the grid is sized for; the interpreter runs programs in turn anyway
+class ScanPlan(NamedTuple):
+    """Grid and tile sizes of one scan; a function of (bucket of B, V, k) only."""
+
+    rows1: int  # rows per partials program
+    block_v: int  # columns per tile
+    k_pad: int  # power of two >= k
+    splits: int  # S, vocabulary splits per row
+    split_len: int  # columns per split (a multiple of 16)
+    s_pad: int  # power of two >= S
+    rows2: int  # rows per merge program
+    warps1: int
+    warps2: int
 
 
-def _tile(device: torch.device) -> int:
-    return _TILE if device.type == "cuda" else _TILE_INTERPRETED
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(1, int(n)))
 
 
-def _plan(b: int, v: int, k: int, num_sms: int, tile: int = _TILE) -> dict:
-    """Tile and split sizes from the input shape (``tile``: elements per tile, see _TILE).
+def _floor_pow2(n: int) -> int:
+    return 1 << (max(1, int(n)).bit_length() - 1)
 
-    Tiles of ``tile`` = 4096 elements (ROWS1 x BLOCK_V) on a GPU: bandwidth-sized loads
-    (8-16 KB) with the keys still in registers (16 int64 a thread at 8 warps) for the bitonic
-    top-k. BLOCK_V covers up to 4096 columns and at least K_PAD; a small V packs several rows
-    into a tile instead (so B = 20000 rows of V = 8 is ~40 programs, not 20000).
-    S: enough programs for ~4 waves of the GPU, but every split keeps >= 2 tiles so the
-    per-split fixed cost (the K_PAD merge, scratch writes, merge-kernel work) stays small.
+
+def _bucket(b: int) -> int:
+    """The smallest of _B_BUCKETS >= b (the largest for bigger batches)."""
+    return next((x for x in _B_BUCKETS if x >= b), _B_BUCKETS[-1])
+
+
+def plan_scan(b: int, v: int, k: int, *, num_sms: int = 132, tile: int = _TILE) -> ScanPlan:
+    """The launch plan for ``[b, v]`` logits and ``k`` candidates on ``num_sms`` SMs.
+
+    Depends on ``b`` only through its bucket (powers of 4 up to 16384), so a server compiles a
+    handful of variants (``warmup``). Splits: about one wave of programs (each split long, so
+    its top-k selection is amortised over many tiles); a tile of ``tile`` elements (8-16 KB of
+    loads, 16 elements a thread at 8 warps); a small V packs several rows into a tile.
     """
-    k_pad = triton.next_power_of_2(k)
-    block_v = max(k_pad, min(_TILE, triton.next_power_of_2(v)))
-    rows1 = max(1, min(triton.next_power_of_2(b), tile // block_v))
-    n_tiles = triton.cdiv(v, block_v)
-    programs = triton.cdiv(b, rows1)
-    s = max(1, min(triton.cdiv(4 * num_sms, programs), triton.cdiv(n_tiles, 2)))
-    split_len = triton.cdiv(n_tiles, s) * block_v
-    s = triton.cdiv(v, split_len)  # no empty splits
-    s_pad = triton.next_power_of_2(s)
-    # Merge: about ``tile`` keys in registers per iteration (and never more rows than B needs).
-    rows2 = max(1, min(triton.next_power_of_2(b), tile // (s_pad * k_pad)))
-    return dict(
-        ROWS1=rows1, BLOCK_V=block_v, K_PAD=k_pad, S=s, SPLIT_LEN=split_len,
-        S_PAD=s_pad, ROWS2=rows2,
-        warps1=8 if rows1 * block_v >= 2048 else 4,
-        warps2=8 if rows2 * s_pad * k_pad >= 2048 else 4,
+    for name, val in (("b", b), ("v", v), ("k", k), ("num_sms", num_sms), ("tile", tile)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    if k > min(v, MAX_K):
+        raise ValueError(f"k must be <= min(V, {MAX_K}) for the triton backend, got k = {k}, V = {v}")
+    bucket = _bucket(b)
+    k_pad = _pow2(k)
+    block_v = min(_pow2(tile), _pow2(v))
+    rows1 = max(1, min(bucket, tile // block_v))
+    programs = triton.cdiv(bucket, rows1)
+    # about one wave; at most 1024 // K_PAD splits (S * K_PAD keys per row to merge)
+    splits = max(1, min(num_sms // programs, 1024 // k_pad, triton.cdiv(v, 1024)))
+    split_len = triton.cdiv(triton.cdiv(v, splits), 16) * 16
+    splits = triton.cdiv(v, split_len)
+    # Short splits: the largest tile that wastes at most a quarter of its lanes on the tail.
+    # (>= 1024: 8 bf16, one 16-byte load, per thread at 4 warps)
+    while block_v > max(1024, k_pad) and triton.cdiv(split_len + 7, block_v) * block_v > 1.25 * split_len:
+        block_v //= 2
+    block_v = max(block_v, k_pad if k_pad > _MAX_COMPACT_K else 16)
+    s_pad = _pow2(splits)
+    # merge: ~one program per SM (B >= 256 share one plan); one SM (the interpreter): big blocks
+    spread = triton.cdiv(min(bucket, 256), num_sms) if num_sms > 1 else bucket
+    rows2 = _floor_pow2(min(bucket, (tile // 2) // (s_pad * k_pad), spread))
+    tile1 = rows1 * block_v
+    tile2 = rows2 * s_pad * k_pad
+    return ScanPlan(
+        rows1=rows1, block_v=block_v, k_pad=k_pad, splits=splits, split_len=split_len, s_pad=s_pad,
+        rows2=rows2, warps1=max(4, min(8, tile1 // 512)), warps2=max(1, min(8, tile2 // 128)),
     )
 
 
-def _launch(
+def _log2(n: int) -> int:
+    return int(n).bit_length() - 1
+
+
+def _cap(p: ScanPlan) -> int:
+    return max(32, 2 * p.k_pad)  # candidates per compaction round
+
+
+def kernel_meta(p: ScanPlan, dtype: torch.dtype, scope_full: bool, sample_full: bool) -> dict:
+    """The constexprs and warps of both kernels for plan ``p`` (what ``launch_scan`` passes;
+    bench/sass_budget.py compiles the same)."""
+    vec = 16 // torch.empty((), dtype=dtype).element_size()
+    groups = min(p.block_v, 256)  # for the first tile's top-k bound
+    return {
+        "partials": dict(
+            ROWS=p.rows1, BLOCK_V=p.block_v, LOG_R=_log2(p.rows1), LOG_V=_log2(p.block_v), K_PAD=p.k_pad,
+            LOG_K=_log2(p.k_pad), VEC=vec, BF16_WORDS=dtype == torch.bfloat16, SORT_TILE=p.k_pad > _MAX_COMPACT_K,
+            LOG_CAP=_log2(_cap(p)), LOG_G=_log2(groups) if groups >= 2 * p.k_pad else 0, SAMPLE_FULL=sample_full,
+            num_warps=p.warps1,
+        ),
+        "merge": dict(
+            S_PAD=p.s_pad, K_PAD=p.k_pad, LOG_R=_log2(p.rows2), LOG_K=_log2(p.k_pad),
+            LOG_SK=_log2(p.s_pad * p.k_pad), ROWS=p.rows2, CROWS=max(1, min(64, 4096 // p.k_pad)),
+            SCOPE_FULL=scope_full, SAMPLE_FULL=sample_full, num_warps=p.warps2,
+        ),
+    }
+
+
+KERNELS = {"partials": _junction_partials_kernel, "merge": _junction_merge_kernel}
+_tickets: dict = {}
+
+
+def _ticket(device: torch.device) -> torch.Tensor:
+    """A [1] i32 per (device, stream): the merge's last-program ticket, zeroed by the partials
+    kernel of each scan. Allocated once (``warmup`` does it before CUDA-graph capture)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    if key not in _tickets:
+        _tickets[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _tickets[key]
+
+
+def aligned_view(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A 1-D view of ``logits``' storage starting on a 16-byte boundary, and the offset (in
+    elements) of ``logits[0, 0]`` in it, so the kernel can align its loads itself."""
+    shift = (logits.data_ptr() % 16) // logits.element_size()
+    n = logits.storage_offset() - shift
+    span = (logits.shape[0] - 1) * logits.stride(0) + logits.shape[1] + shift
+    return logits.as_strided((span,), (1,), n), shift
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1  # the interpreter runs programs one after another: one split per row
+
+
+def launch_scan(
     logits: torch.Tensor,
     k: int,
     tau: torch.Tensor,
@@ -454,38 +624,36 @@ def _launch(
     seed: torch.Tensor,
     scope_full: bool,
     sample_full: bool,
-    plan: dict | None = None,
+    plan: ScanPlan | None = None,
 ) -> JunctionScan:
-    """Two launches. ``logits`` [B, V] f32/bf16/f16 with stride(1) == 1; ``tau``,
-    ``temperature`` [B] f32; ``seed`` [1] i64; ``plan`` overrides ``_plan`` (tests).
-    Returns the full-size ``JunctionScan``."""
+    """Two launches. ``logits`` [B, V] f32/bf16/f16 with stride(1) == 1 (any row stride);
+    ``tau``, ``temperature`` [B] f32 contiguous; ``seed`` [1] i64; ``plan`` overrides
+    ``plan_scan`` (tests). Returns the full-size ``JunctionScan``."""
     b, v = logits.shape
     dev = logits.device
-    p = plan or _plan(b, v, k, _num_sms(dev), _tile(dev))
-    s, k_pad = p["S"], p["K_PAD"]
-    log_k = k_pad.bit_length() - 1
+    p = plan or plan_scan(b, v, k, num_sms=_num_sms(dev), tile=_TILE if dev.type == "cuda" else _TILE_INTERPRETED)
+    meta = kernel_meta(p, logits.dtype, scope_full, sample_full)
+    s = p.splits
     stats = torch.empty(3, b, s, dtype=torch.float32, device=dev)
-    topk_keys = torch.empty(b, s, k_pad, dtype=torch.int64, device=dev)
+    topk_keys = torch.empty(b, s, p.k_pad, dtype=torch.int64, device=dev)
     gumbel_keys = torch.empty(b, s, dtype=torch.int64, device=dev)
-    _junction_partials_kernel[(triton.cdiv(b, p["ROWS1"]), s)](
-        logits, temperature, seed, stats, topk_keys, gumbel_keys,
-        b, v, s, p["SPLIT_LEN"],
-        logits.stride(0),
-        ROWS=p["ROWS1"], BLOCK_V=p["BLOCK_V"], LOG_V=p["BLOCK_V"].bit_length() - 1,
-        K_PAD=k_pad, LOG_K=log_k, SORT_TILE=k_pad > _MAX_EXTRACT_K, SAMPLE_FULL=sample_full,
-        num_warps=p["warps1"],
+    grid = (triton.cdiv(b, p.rows1), s)
+    scratch = torch.empty(grid[0] * s * p.rows1 * _cap(p), dtype=torch.int32, device=dev)
+    flat, offset = aligned_view(logits)
+    _junction_partials_kernel[grid](
+        flat, temperature, seed, stats, topk_keys, gumbel_keys, scratch, _ticket(dev),
+        b, v, k, s, p.split_len,
+        logits.stride(0), offset,
+        **meta["partials"],
     )
     out = empty_scan(b, k, dev)
-    _junction_merge_kernel[(1,)](
-        stats, topk_keys, gumbel_keys, tau, temperature, seed,
+    _junction_merge_kernel[(triton.cdiv(b, p.rows2),)](
+        stats, topk_keys, gumbel_keys, tau, temperature, seed, _ticket(dev),
         out.entropy, out.lse, out.gate.view(torch.uint8), out.topk_ids, out.topk_logprobs,
         out.base_token, out.junction_rows, out.num_junctions, out.junction_ids,
         out.junction_logprobs,
         b, s, k,
-        S_PAD=p["S_PAD"], K_PAD=k_pad, LOG_K=log_k,
-        LOG_SK=(p["S_PAD"] * k_pad).bit_length() - 1, ROWS=p["ROWS2"],
-        SCOPE_FULL=scope_full, SAMPLE_FULL=sample_full,
-        num_warps=p["warps2"],
+        **meta["merge"],
     )
     return out
 
@@ -505,20 +673,57 @@ def junction_scan_triton(
 ) -> JunctionScan:
     """The triton backend of ``sia_kernels.junction_scan`` (arguments already validated by
     ops.py: ``logits`` [B >= 1, V] f32/bf16/f16 with unit column stride, ``1 <= k <= V``,
-    ``tau`` / ``temperature`` [B] f32 on the logits' device). No host sync."""
-    if triton.next_power_of_2(k) > _MAX_FUSED_K.get(logits.device.type, 256):
-        # Candidate lists this long are for tests and analysis, not decoding: they take the
-        # (multi-launch, float32) torch path rather than a huge register-resident sort.
-        from ..reference import junction_scan_ref
+    ``tau`` / ``temperature`` [B] f32 on the logits' device). No host sync.
 
-        return junction_scan_ref(
-            logits, k=k, tau=tau, temperature=temperature, entropy_scope=entropy_scope,
-            sample_from=sample_from, generator=generator,
-        )
+    Raises ValueError for ``k > MAX_K`` (1024): an explicit triton request never runs
+    another backend."""
+    if k > MAX_K:
+        raise ValueError(f"k must be <= {MAX_K} for the triton backend, got {k}")
     # The Philox seed stays on the device (no sync); drawn every call so that one generator
     # seed gives the same tokens, whichever rows turn out to sample.
     seed = torch.randint(0, 2**62, (1,), generator=generator, device=logits.device, dtype=torch.int64)
-    return _launch(
+    return launch_scan(
         logits, k, tau.to(torch.float32).contiguous(), temperature.to(torch.float32).contiguous(),
         seed, entropy_scope == "full", sample_from == "full",
     )
+
+
+def warmup(
+    device: str | torch.device = "cuda",
+    *,
+    vocab_size: int,
+    k_values=(10,),
+    dtypes=(torch.bfloat16,),
+    batch_sizes=(1, 4, 16, 64, 256),
+    entropy_scopes=("topk",),
+    sample_from=("topk",),
+) -> int:
+    """Compile (by running once on zeros) every variant a server will meet, ahead of its first
+    decode step and of CUDA-graph capture; returns the number of scans run. Plans depend on the
+    batch size only through its bucket, and at V >= 4096 every B >= 256 shares one plan, so
+    the default ``batch_sizes`` cover every batch of a large-vocabulary model."""
+    device = torch.device(device)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    is_int = lambda x, hi: isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= hi  # noqa: E731
+    for name, vals, ok in (
+        ("k_values", k_values, lambda x: is_int(x, min(vocab_size, MAX_K))),
+        ("dtypes", dtypes, lambda x: x in (torch.float32, torch.bfloat16, torch.float16)),
+        ("batch_sizes", batch_sizes, lambda x: is_int(x, 2**31)),
+        ("entropy_scopes", entropy_scopes, lambda x: x in ("full", "topk")),
+        ("sample_from", sample_from, lambda x: x in ("full", "topk")),
+    ):
+        if not vals or not all(ok(x) for x in vals):
+            raise ValueError(f"{name} has an invalid entry: {vals!r}")
+    n = 0
+    for dtype in dtypes:
+        for b in sorted({_bucket(x) for x in batch_sizes}):
+            x = torch.zeros(b, vocab_size, dtype=dtype, device=device)
+            ones = torch.ones(b, dtype=torch.float32, device=device)
+            for k in k_values:
+                for scope in entropy_scopes:
+                    for sample in sample_from:
+                        junction_scan_triton(x, k=k, tau=ones, temperature=ones, entropy_scope=scope,
+                                             sample_from=sample, generator=None)
+                        n += 1
+    return n

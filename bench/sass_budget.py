@@ -1,0 +1,385 @@
+"""How fast can the Triton junction scan possibly be? Compile it for a real GPU, count its SASS.
+
+Runs on any machine with Triton (no GPU): every kernel of the scan is compiled ahead of time
+with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` at exactly the
+plan the launcher picks (``plan_scan`` / ``kernel_meta`` from the kernel module), disassembled
+with the cuobjdump that ships in Triton's wheel, and its instructions are counted per region
+and multiplied by how often each region runs on data of the configured size.
+
+Method
+- Registers and local memory (spills) per thread: ``cuobjdump -res-usage`` (REG, LOCAL); the
+  driver-side metadata (n_regs, n_spills) needs a GPU, the cubin's own figures do not.
+- ``vectorized``: every global load on the partials kernel's streaming path is 128-bit.
+- Streaming loop: the main (outermost) loop of the partials kernel; its cost per tile is the
+  shortest path through the loop body (a body tile: no mask, no rescale of the reference, no
+  top-k selection). ``instr_per_elem`` of the partials row = that path / elements per thread.
+- Selection, per tile that holds a logit above the running k-th best: the cheapest path through
+  the compaction loop's header (one round: prefix sum, scatter, barriers), plus one iteration
+  of the innermost loop per candidate inserted; for K_PAD > 64 (no inner loop) the costliest
+  path (a bitonic sort of the tile). Counts come from a random-order model (logits in random
+  order): tile t of a split holds k / t of the running top-k in expectation and needs the
+  selection with probability 1 - (1 - 1/t)^k (the first tile always); see ``selection_model``.
+- Merge: its straight-line code once per program; the compaction loops (run by the last
+  program) once per block of rows.
+- Issue-bound time: each warp issues at most one instruction per clock and each SM's four
+  schedulers one each, with programs spread evenly over the SMs: time = W * max(1, warps per
+  SM / 4) / clock per kernel, W the instructions a warp issues. This is a LOWER BOUND on the
+  time: no stalls (memory latency, barriers, MUFU/shuffle throughput, dual-issue limits), no
+  launch overhead, all programs resident at once. It says whether the code can keep up with
+  HBM, not that it will. ``hbm_floor_us``: the logits read once at the peak bandwidth.
+- GPUs: H100 SXM (sm_90): 132 SMs, 1.83 GHz, 3.35 TB/s, so ~18 thread-instructions per bf16
+  element at full bandwidth; A100 SXM 80 GB (sm_80): 108 SMs, 1.41 GHz, 2.04 TB/s (~19).
+
+Limits: counts are static instructions on the chosen path (predicated-off instructions count,
+as they take an issue slot); the random-order model does not hold for sorted or adversarial
+rows (the selection then runs on every tile: correct, slower). The default scan settings are
+compiled (``entropy_scope="topk"``, ``sample_from="topk"``; ``--sample-from full`` compiles the
+full-vocabulary sampler, whose Philox noise costs ~100 instructions per element).
+
+    python bench/sass_budget.py                      # the whole table (a few minutes)
+    python bench/sass_budget.py --arch 90 --B 64 --k 10 --dtype bf16 --V 151936 --csv
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sia_kernels.kernels import junction_scan as jsk  # noqa: E402
+
+COLUMNS = ["arch", "dtype", "B", "k", "V", "kernel", "regs", "spill_bytes", "vectorized", "instr_per_elem",
+           "issue_bound_us", "hbm_floor_us"]
+
+
+class Gpu(NamedTuple):
+    name: str
+    sms: int
+    clock_hz: float
+    hbm_bytes_per_s: float
+
+
+GPUS = {90: Gpu("H100 SXM", 132, 1.83e9, 3.35e12), 80: Gpu("A100 SXM 80GB", 108, 1.41e9, 2.039e12)}
+DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32}
+_TL = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
+# Argument types of the two kernels, by name (pointers are 16-byte aligned torch allocations).
+_ARG_TYPES = {
+    "logits_ptr": None, "temperature_ptr": "*fp32", "seed_ptr": "*i64", "stats_ptr": "*fp32",
+    "topk_keys_ptr": "*i64", "gumbel_keys_ptr": "*i64", "scratch_ptr": "*i32",
+    "tau_ptr": "*fp32", "ticket_ptr": "*i32",
+    "entropy_ptr": "*fp32", "lse_ptr": "*fp32", "gate_ptr": "*u8", "topk_ids_ptr": "*i64",
+    "topk_logprobs_ptr": "*fp32", "base_token_ptr": "*i64", "junction_rows_ptr": "*i64",
+    "num_junctions_ptr": "*i32", "junction_ids_ptr": "*i64", "junction_logprobs_ptr": "*fp32",
+}
+
+
+def _bin(tool: str) -> str:
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / tool
+    if not path.exists():
+        raise FileNotFoundError(f"{tool} not found in Triton's wheel at {path}")
+    return str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def compile_kernel(name: str, arch: int, dtype: torch.dtype, meta_items: tuple) -> tuple[str, dict]:
+    """(SASS text, {regs, local}) of kernel ``name`` compiled for sm_``arch`` with ``meta``."""
+    fn = jsk.KERNELS[name]
+    meta = dict(meta_items)
+    options = {opt: meta.pop(opt) for opt in ("num_warps", "maxnreg") if opt in meta}  # launch options
+    sig, attrs = {}, {}
+    for i, arg in enumerate(fn.arg_names):
+        if arg in meta:
+            sig[arg] = "constexpr"
+        elif arg.endswith("_ptr"):
+            sig[arg] = _ARG_TYPES[arg] or "*" + _TL[dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[arg] = "i32"
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=meta, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "k.cubin")
+        with open(cubin, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        sass = subprocess.run([_bin("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([_bin("cuobjdump"), "-res-usage", cubin], capture_output=True, text=True,
+                             check=True).stdout
+    usage = {k.lower(): int(v) for k, v in re.findall(r"\b(REG|LOCAL|SHARED):(\d+)", res)}
+    return sass, usage
+
+
+class Instr(NamedTuple):
+    addr: int
+    text: str
+    target: int | None  # branch target
+    uncond: bool  # unconditional branch or exit: no fall-through
+
+
+def parse_sass(sass: str) -> list[Instr]:
+    out = []
+    for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass):
+        addr, text = int(m.group(1), 16), m.group(2).strip()
+        op = text.split()[1] if text.startswith("@") else text.split()[0]
+        if op.startswith("NOP"):
+            continue
+        br = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
+        target = int(br.group(1), 16) if br else None
+        out.append(Instr(addr, text, target, not text.startswith("@") and op in ("BRA", "EXIT")
+                         and "P" not in text.split()[-1][:2]))
+    return out
+
+
+class Cfg(NamedTuple):
+    blocks: list[tuple[int, int]]  # [first, last] instruction indices
+    succ: list[list[int]]
+    loops: list[tuple[int, int, frozenset]]  # (header, latch, body blocks), largest body first
+
+
+def build_cfg(code: list[Instr]) -> Cfg:
+    """Basic blocks, edges, dominators and natural loops of the SASS (loops may have blocks
+    laid out after their back edge: Triton/ptxas move cold code out of line)."""
+    pos = {ins.addr: i for i, ins in enumerate(code)}
+    leaders = {0}
+    for i, ins in enumerate(code):
+        if ins.target is not None and ins.target in pos:
+            leaders.add(pos[ins.target])
+        if ins.target is not None or ins.text.split()[-1].startswith("EXIT") or "EXIT" in ins.text:
+            leaders.add(i + 1)
+    starts = sorted(x for x in leaders if x < len(code))
+    blocks = [(a, (starts[n + 1] if n + 1 < len(starts) else len(code)) - 1) for n, a in enumerate(starts)]
+    block_of = {a: n for n, (a, _) in enumerate(blocks)}
+    succ = []
+    for n, (a, b) in enumerate(blocks):
+        last = code[b]
+        out = []
+        if last.target is not None and last.target in pos:
+            out.append(block_of[pos[last.target]])
+        is_exit = "EXIT" in last.text and not last.text.startswith("@")
+        if not last.uncond and not is_exit and n + 1 < len(blocks):
+            out.append(n + 1)
+        succ.append(out)
+    n_blocks = len(blocks)
+    dom = [set(range(n_blocks)) for _ in range(n_blocks)]
+    dom[0] = {0}
+    pred = [[] for _ in range(n_blocks)]
+    for u, vs in enumerate(succ):
+        for v in vs:
+            pred[v].append(u)
+    changed = True
+    while changed:
+        changed = False
+        for v in range(1, n_blocks):
+            new = set.intersection(*(dom[u] for u in pred[v])) if pred[v] else set()
+            new = new | {v}
+            if new != dom[v]:
+                dom[v], changed = new, True
+    loops = []
+    for u, vs in enumerate(succ):
+        for v in vs:
+            if v in dom[u]:  # back edge u -> v
+                body, stack = {v, u}, ([u] if u != v else [])
+                while stack:
+                    x = stack.pop()
+                    for p in pred[x]:
+                        if p not in body:
+                            body.add(p)
+                            stack.append(p)
+                loops.append((v, u, frozenset(body)))
+    size = lambda lp: sum(blocks[x][1] - blocks[x][0] + 1 for x in lp[2])
+    return Cfg(blocks, succ, sorted(loops, key=size, reverse=True))
+
+
+def _size(cfg: Cfg, x: int) -> int:
+    return cfg.blocks[x][1] - cfg.blocks[x][0] + 1
+
+
+def _dist(cfg: Cfg, body: frozenset, src: int, back: set) -> dict[int, float]:
+    """Fewest instructions from the start of block ``src`` to the end of each block of
+    ``body``, without the back edges ``back`` (Dijkstra)."""
+    import heapq
+
+    dist = {src: _size(cfg, src)}
+    heap = [(dist[src], src)]
+    while heap:
+        d, x = heapq.heappop(heap)
+        if d > dist.get(x, math.inf):
+            continue
+        for y in cfg.succ[x]:
+            if y in body and (x, y) not in back and d + _size(cfg, y) < dist.get(y, math.inf):
+                dist[y] = d + _size(cfg, y)
+                heapq.heappush(heap, (dist[y], y))
+    return dist
+
+
+def loop_costs(code: list[Instr]) -> dict:
+    """Per iteration of the streaming loop: ``stream``, the cheapest path (no branch taken that
+    can be avoided); ``select``, the cheapest path through the outer nested loop's header (one
+    compaction round; without a nested loop, the costliest path); ``step``, one iteration of the
+    innermost loop (one candidate inserted);
+    ``outside``, instructions outside the main loop; ``path``, the stream path's instructions."""
+    cfg = build_cfg(code)
+    loads = lambda lp: any("LDG" in ins.text for x in lp[2] for ins in code[cfg.blocks[x][0]:cfg.blocks[x][1] + 1])
+    head, latch, body = next(lp for lp in cfg.loops if loads(lp))  # the streaming loop
+    back = {(lp[1], lp[0]) for lp in cfg.loops}
+    fwd = _dist(cfg, body, head, back)
+    stream = fwd[latch]
+    inner = [lp for lp in cfg.loops if lp[0] in body and lp[0] != head]  # largest first
+    if inner:
+        ih = inner[0][0]
+        to_latch = _dist(cfg, body, ih, back)
+        select = fwd[ih] + to_latch[latch] - _size(cfg, ih)
+        h2, l2, body2 = inner[-1]  # the innermost loop: one insertion
+        step = _dist(cfg, body2, h2, back)[l2]
+    else:  # costliest forward path (the bitonic selection is the longest branch)
+        order = sorted(body, key=lambda x: cfg.blocks[x][0])
+        longest = {head: _size(cfg, head)}
+        for _ in range(len(order)):
+            for x in order:
+                for y in cfg.succ[x]:
+                    if x in longest and y in body and (x, y) not in back:
+                        longest[y] = max(longest.get(y, 0), longest[x] + _size(cfg, y))
+        select, step = longest[latch], 0
+    # the instructions on the stream path, for the load check
+    path, x = [], latch
+    while True:
+        path.append(x)
+        if x == head:
+            break
+        x = min((p for p in body if x in cfg.succ[p] and (p, x) not in back and p in fwd),
+                key=lambda p: fwd[p])
+    path_instr = [ins for b in path for ins in code[cfg.blocks[b][0]:cfg.blocks[b][1] + 1]]
+    in_body = sum(_size(cfg, x) for x in body)
+    loop_instr = sum(sum(_size(cfg, x) for x in lp[2]) for lp in cfg.loops if lp[0] not in body) + in_body
+    return dict(stream=stream, select=select, step=step, outside=len(code) - in_body, path=path_instr,
+                all_loops=sum(sum(_size(cfg, x) for x in lp[2]) for lp in cfg.loops), loop_instr=loop_instr)
+
+
+def loads_vectorized(path: list[Instr]) -> bool:
+    """Every global load on the streaming path is 128-bit (LDG.E.128)."""
+    lds = [ins.text for ins in path if re.search(r"\bLDG\b", ins.text)]
+    return bool(lds) and all(".128" in t for t in lds)
+
+
+def selection_model(n_tiles: int, k: int, rows: int, groups: int) -> tuple[float, float]:
+    """Expected (tiles running the selection, candidates inserted) per program, random order:
+    tile t holds k / t of the running top-k; the first tile's bound (the k-th largest of
+    ``groups`` group maxima) admits about k (1 + k / (2 groups)), the top ones that share a
+    group. With several rows in a program the busiest row sets the pace (~ mean + sqrt(2 mean ln rows))."""
+    tiles = sum(1 - ((1 - 1 / t) ** k) ** rows for t in range(1, n_tiles + 1))
+    lam = [k * (1 + k / (2 * groups))] + [k / t for t in range(2, n_tiles + 1)]
+    inserts = sum(x + math.sqrt(2 * x * math.log(rows)) for x in lam)
+    return tiles, inserts
+
+
+def issue_time_s(warp_instr: float, programs: int, warps: int, gpu: Gpu) -> float:
+    per_sm = math.ceil(programs / gpu.sms)
+    return warp_instr * max(1.0, per_sm * warps / 4) / gpu.clock_hz
+
+
+def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool = False) -> list[dict]:
+    gpu, dtype = GPUS[arch], DTYPES[dtype_name]
+    p = jsk.plan_scan(b, v, k, num_sms=gpu.sms)
+    meta = jsk.kernel_meta(p, dtype, scope_full=False, sample_full=sample_full)
+    floor = b * v * torch.empty((), dtype=dtype).element_size() / gpu.hbm_bytes_per_s
+    rows, total_instr, total_s = [], 0.0, 0.0
+    base = dict(arch=arch, dtype=dtype_name, B=b, k=k, V=v)
+
+    # ---- partials
+    sass, use = compile_kernel("partials", arch, dtype, tuple(sorted(meta["partials"].items())))
+    c = loop_costs(parse_sass(sass))
+    stream, select_once, step = c["stream"], c["select"] - c["stream"], c["step"]
+    threads = 32 * p.warps1
+    per_thread = p.rows1 * p.block_v / threads
+    n_tiles = math.ceil((p.split_len + meta["partials"]["VEC"] - 1) / p.block_v)
+    log_g = meta["partials"]["LOG_G"]
+    sel_tiles, sel_steps = selection_model(n_tiles, k, p.rows1, 2**log_g if log_g else p.block_v)
+    if not step:  # the bitonic path (K_PAD > 64): no insertions, the sort is in ``select``
+        sel_steps = 0
+    w1 = c["outside"] + n_tiles * stream + sel_tiles * select_once + (sel_steps * step if step else 0)
+    programs1 = math.ceil(b / p.rows1) * p.splits
+    t1 = issue_time_s(w1, programs1, p.warps1, gpu)
+    instr1 = w1 * threads * programs1
+    rows.append(dict(base, kernel="partials", regs=use.get("reg", 0), spill_bytes=use.get("local", 0),
+                     vectorized=loads_vectorized(c["path"]), instr_per_elem=round(stream / per_thread, 2),
+                     issue_bound_us=round(t1 * 1e6, 3), hbm_floor_us=round(floor * 1e6, 3)))
+    total_instr += instr1
+    total_s += t1
+
+    # ---- merge (+ compaction by the last program)
+    sass, use = compile_kernel("merge", arch, dtype, tuple(sorted(meta["merge"].items())))
+    code = parse_sass(sass)
+    in_loops = sum(sum(_size(cfg, x) for x in lp[2]) for cfg in [build_cfg(code)] for lp in cfg.loops)
+    programs2 = math.ceil(b / p.rows2)
+    w2 = len(code) - in_loops
+    t2 = issue_time_s(w2, programs2, p.warps2, gpu)
+    compact = in_loops * math.ceil(b / meta["merge"]["CROWS"])
+    t2 += compact / gpu.clock_hz
+    instr2 = (w2 * programs2 + compact) * 32 * p.warps2
+    rows.append(dict(base, kernel="merge", regs=use.get("reg", 0), spill_bytes=use.get("local", 0),
+                     vectorized="", instr_per_elem=round(instr2 / (b * v), 2),
+                     issue_bound_us=round(t2 * 1e6, 3), hbm_floor_us=round(floor * 1e6, 3)))
+    total_instr += instr2
+    total_s += t2
+    rows.append(dict(base, kernel="total", regs=max(r["regs"] for r in rows),
+                     spill_bytes=sum(r["spill_bytes"] for r in rows), vectorized=rows[0]["vectorized"],
+                     instr_per_elem=round(total_instr / (b * v), 2), issue_bound_us=round(total_s * 1e6, 3),
+                     hbm_floor_us=round(floor * 1e6, 3)))
+    rows[0]["_detail"] = dict(plan=p, stream=stream, per_thread=per_thread, select_once=select_once, step=step,
+                              sel_tiles=sel_tiles, sel_steps=sel_steps, n_tiles=n_tiles)
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", type=int, nargs="+", choices=sorted(GPUS), default=sorted(GPUS, reverse=True))
+    ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["bf16", "f32"])
+    ap.add_argument("--B", type=int, nargs="+", default=[1, 8, 64, 256])
+    ap.add_argument("--k", type=int, nargs="+", default=[10, 64])
+    ap.add_argument("--V", type=int, nargs="+", default=[151936, 151646, 32000])
+    ap.add_argument("--sample-from", choices=["topk", "full"], default="topk")
+    ap.add_argument("--csv", action="store_true", help="print CSV rows with the columns " + ",".join(COLUMNS))
+    ap.add_argument("--out", help="also write the CSV rows to this file")
+    args = ap.parse_args(argv)
+    for name in ("B", "k", "V"):
+        if any(x < 1 for x in getattr(args, name)):
+            raise SystemExit(f"--{name} takes positive integers")
+    rows = []
+    for arch in args.arch:
+        for dtype in args.dtype:
+            for v in args.V:
+                for b in args.B:
+                    for k in args.k:
+                        rows += budget(arch, dtype, b, k, v, sample_full=args.sample_from == "full")
+    lines = [",".join(COLUMNS)] + [",".join(str(r[c]) for c in COLUMNS) for r in rows]
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    if args.csv:
+        print("\n".join(lines))
+    else:
+        print(f"{'arch':>4} {'dtype':>5} {'B':>4} {'k':>3} {'V':>7} {'regs':>4} {'spill':>5} {'vec':>5} "
+              f"{'stream/el':>9} {'all/el':>7} {'issue us':>9} {'floor us':>9} {'x floor':>7}")
+        for r in rows:
+            if r["kernel"] == "partials":
+                part = r
+            if r["kernel"] == "total":
+                print(f"{r['arch']:>4} {r['dtype']:>5} {r['B']:>4} {r['k']:>3} {r['V']:>7} {r['regs']:>4} "
+                      f"{r['spill_bytes']:>5} {str(r['vectorized']):>5} {part['instr_per_elem']:>9} "
+                      f"{r['instr_per_elem']:>7} {r['issue_bound_us']:>9} {r['hbm_floor_us']:>9} "
+                      f"{r['issue_bound_us'] / r['hbm_floor_us']:>7.2f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
