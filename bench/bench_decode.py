@@ -3,7 +3,8 @@
 Two tables. ``--table anchors`` (the default; issue 14's anchors): tiny random Qwen3 models (vocab
 512, hidden 128, 4 layers), batch 1, a 32-token prompt, 64 new tokens, greedy, one process,
 interleaved repetitions; wall time = the fastest repetition (on a shared machine contention only
-adds time), the median reported beside it:
+adds time), the median reported beside it; ``ratio_paired`` = the median over repetitions of the
+ratio within one repetition (the two runs seconds apart: robust to the load drifting between them):
 
 * ``hf_greedy``      — Hugging Face ``model.generate`` greedy: the floor.
 * ``base``           — ``generate(gate="never")``.
@@ -57,7 +58,7 @@ FIELDS = ["date", "commit", "device", "method", "B", "prompt_len", "new_tokens",
           "tokens_per_s", "wall_ratio_vs_base", "junctions", "intervention_rate", "value_token_forwards",
           "value_fwd_per_token", "value_decode_fwd_per_token", "value_fwd_ratio_dense_over_this", "base_token_forwards", "flops_total",
           "tokens_match_sia", "table", "value_forwards", "value_forwards_per_token", "ratio", "ratio_to",
-          "wall_median_s", "ratio_median", "tokens_match_args"]
+          "wall_median_s", "ratio_median", "tokens_match_args", "ratio_paired"]
 ANCHOR_REFS = {"base": "hf_greedy", "sia20": "hf_greedy", "sia20_prefix": "hf_greedy", "dense_rm": "args_loop",
                "dense_lora": "args_loop", "dense_lora_merged": "args_loop", "args_loop": "hf_greedy"}
 
@@ -331,6 +332,7 @@ def anchors(csv_path: str | None = "bench/results/decode.csv", device: str | Non
                      "value_forwards": vf, "value_forwards_per_token": vf / tokens,
                      "ratio": best[name] / best[ref] if ref else "", "ratio_to": ref,
                      "ratio_median": med[name] / med[ref] if ref else "",
+                     "ratio_paired": statistics.median(a / b for a, b in zip(walls[name], walls[ref])) if ref else "",
                      "tokens_match_args": float((tokens_of[name] == tokens_of["args_loop"]).float().mean())})
     if csv_path:
         _append(csv_path, rows)
@@ -338,7 +340,7 @@ def anchors(csv_path: str | None = "bench/results/decode.csv", device: str | Non
 
 
 def _print_anchors(rows):
-    cols = ["method", "wall_s", "wall_median_s", "tokens_per_s", "ratio", "ratio_median", "ratio_to",
+    cols = ["method", "wall_s", "wall_median_s", "tokens_per_s", "ratio", "ratio_median", "ratio_paired", "ratio_to",
             "intervention_rate", "value_forwards_per_token",
             "value_token_forwards", "tokens_match_args"]
     print("  ".join(f"{c:>14}" for c in cols))

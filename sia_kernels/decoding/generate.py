@@ -247,22 +247,30 @@ def _takes_logits_to_keep_of(cls) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, kv) -> torch.Tensor:
+def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, kv, *, padded: bool = True) -> torch.Tensor:
     """Run the prompt ``[B, P]`` into the KV cache ``kv``; return the next-token logits ``[B, V]``.
 
     Position ids count real tokens (left padding: pads sit at 0), as Hugging Face's generate does.
+    ``padded=False`` (the caller knows no row is padded): no mask is passed (all ones: the same
+    computation, without Hugging Face reading the mask back to find that out).
     """
     pos = positions_from_mask(attention_mask)
     extra = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+    out = model(input_ids=input_ids, attention_mask=attention_mask if padded else None, position_ids=pos,
                 use_cache=True, **{cache_keyword(model): kv}, **extra)
     return out.logits[:, -1]
 
 
-def decode_one_token(model, tokens: torch.Tensor, attention_mask: torch.Tensor, kv) -> torch.Tensor:
-    """Feed ``tokens [B]`` (``attention_mask [B, L]`` already includes them); logits ``[B, V]``."""
-    pos = attention_mask.long().sum(-1, keepdim=True) - 1
-    out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=pos,
+def decode_one_token(model, tokens: torch.Tensor, attention_mask: torch.Tensor | None, kv,
+                     position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Feed ``tokens [B]`` (``attention_mask [B, L]`` already includes them); logits ``[B, V]``.
+
+    ``position_ids [B, 1]``: the tokens' positions when the caller knows them (default: from the
+    mask); ``attention_mask=None`` then means no row is padded (:attr:`DecodeState.base_attention_mask`).
+    """
+    if position_ids is None:
+        position_ids = attention_mask.long().sum(-1, keepdim=True) - 1
+    out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=position_ids,
                 use_cache=True, **{cache_keyword(model): kv})
     return out.logits[:, -1]
 
@@ -275,8 +283,9 @@ def _decode(model, value_model, state: DecodeState, config: SIAConfig) -> tuple[
     kv = new_cache(model.config)
     steps: list[StepStats] = []
     forwards = 0
-    with phase("base_forward", state.times):
-        logits = prefill(model, state.ids, state.mask, kv)
+    times = state.times
+    with phase("base_forward", times):
+        logits = prefill(model, state.ids, state.mask, kv, padded=state.padded)
     for t in range(config.max_new_tokens):
         tokens, st = decode_step(logits, state, value_model, config)
         if st.all_finished:
@@ -284,13 +293,14 @@ def _decode(model, value_model, state: DecodeState, config: SIAConfig) -> tuple[
         steps.append(st)
         if t + 1 == config.max_new_tokens:
             break
-        with phase("base_forward", state.times):
-            logits = decode_one_token(model, tokens, state.mask, kv)
+        with phase("base_forward", times):
+            logits = decode_one_token(model, tokens, state.base_attention_mask, kv, state.last_positions())
         forwards += 1
-        for b, done in enumerate(st.finished):  # the token fed back is real for rows still running
-            if not done:
-                state.row_base_tokens[b] += 1
     state.flush()
+    # The forward after step t feeds each row's token t back; it is real for rows still running
+    # then, i.e. for the first tokens_generated[b] (EOS included) of the `forwards` forwards.
+    generated = state.tokens_generated() if state.eos is not None else [state.step] * state.batch_size
+    state.row_base_tokens = [p + min(n, forwards) for p, n in zip(state.prompt_lengths, generated)]
     return steps, forwards
 
 

@@ -45,24 +45,47 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-@contextlib.contextmanager
-def phase(name: str, times: dict | None = None):
-    """Time (and mark) one decode phase; ``times[name]`` accumulates seconds."""
-    nvtx = nvtx_enabled()
-    record = torch.profiler.record_function(f"sia::{name}") if _state["record"] else contextlib.nullcontext()
-    _sync()
-    t0 = time.perf_counter()
-    if nvtx:
-        torch.cuda.nvtx.range_push(f"sia::{name}")
-    try:
-        with record:
-            yield
-    finally:
+class phase:
+    """Time (and mark) one decode phase; ``times[name]`` accumulates seconds.
+
+    A context manager run several times per decode step: a plain class (no generator), and with
+    NVTX, sync timing and tracing off it only reads the clock."""
+
+    __slots__ = ("name", "times", "_t0", "_marks")
+
+    def __init__(self, name: str, times: dict | None = None):
+        self.name, self.times = name, times
+
+    def __enter__(self):
+        marked = _state["nvtx"] or _state["sync"] or _state["record"]
+        self._marks = self._enter_marks() if marked else None
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self._marks is not None:
+            self._exit_marks(*exc)
+        if self.times is not None:
+            self.times[self.name] = self.times.get(self.name, 0.0) + time.perf_counter() - self._t0
+        return False
+
+    def _enter_marks(self) -> tuple:
+        nvtx = nvtx_enabled()
+        record = torch.profiler.record_function(f"sia::{self.name}") if _state["record"] else None
+        _sync()
+        if nvtx:
+            torch.cuda.nvtx.range_push(f"sia::{self.name}")
+        if record is not None:
+            record.__enter__()
+        return nvtx, record
+
+    def _exit_marks(self, *exc) -> None:
+        nvtx, record = self._marks
+        if record is not None:
+            record.__exit__(*exc)
         _sync()
         if nvtx:
             torch.cuda.nvtx.range_pop()
-        if times is not None:
-            times[name] = times.get(name, 0.0) + time.perf_counter() - t0
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ..config import SIAConfig
+from ..ops import junction_scan_nosync, resolve_backend
 from ..types import JunctionScan
 
 __all__ = ["DecodeState", "StepStats"]
@@ -141,14 +142,22 @@ class DecodeState:
         self.times: dict[str, float] = {}
         self.token_hook = None  # callable(step, tokens [B]) -> tokens [B] or None: teacher forcing
         self._deferred: list[tuple[torch.Tensor, Callable[[list[int]], None]]] = []
+        self.padded = any(n != self.prompt_width for n in self.prompt_lengths)  # some row is left-padded
+        self._last_positions = torch.tensor(self.prompt_lengths, dtype=torch.long, device=self.device)[:, None] - 1
+        self._taus: dict[float, torch.Tensor] = {}
+        self._temperatures: dict[float, torch.Tensor] = {}  # [B] f32 per temperature, as the scan takes it
+        self._scan_fn = None  # the resolved backend, bound at the first scan (see scan())
+        self._scan_key = None
         self.value_model = vm
         self.value_cache = None
         self._vids = None  # the value model's own history when it has its own prompt
         self.value_prompt_lengths = self.prompt_lengths
+        self.value_vocab_size = None
         if vm is None:
             return
         if vm.device != self.device:
             raise ValueError(f"the value model is on {vm.device} but the batch is on {self.device}")
+        self.value_vocab_size = vm.vocab_size if vm.bridge is None else None  # candidates must fit in it
         if value_input_ids is not None:
             vids, vmask, self.value_prompt_lengths = _read_prompt("value_input_ids", value_input_ids,
                                                                   value_attention_mask, vm.input_vocab_size)
@@ -197,6 +206,48 @@ class DecodeState:
         """``[B]`` f32 filled with ``x`` on the batch's device."""
         return torch.full((self.batch_size,), x, dtype=torch.float32, device=self.device)
 
+    def tau_row(self, x: float) -> torch.Tensor:
+        """``[B]`` f32 filled with ``x``, made once per value and shared: read-only (the gates'
+        constant thresholds; ``gate_tau`` never writes into it)."""
+        t = self._taus.get(x)
+        if t is None:
+            t = self._taus[x] = self.full(x)
+        return t
+
+    @property
+    def base_attention_mask(self) -> torch.Tensor | None:
+        """The base model's attention mask for the next forward: None when no row is left-padded
+        (every entry would be 1; Hugging Face then takes the same unmasked path without reading
+        the mask back), else :attr:`mask`."""
+        return self.mask if self.padded else None
+
+    def last_positions(self) -> torch.Tensor:
+        """``[B, 1]`` i64: the position id of each row's last token (the one fed to the base model next)."""
+        return self._last_positions + (self._width - self.prompt_width)
+
+    # -------------------------------------------------------- the scan
+    def scan(self, logits: torch.Tensor, tau: torch.Tensor, config: SIAConfig | None = None) -> JunctionScan:
+        """``junction_scan`` of ``logits [B, V]`` with per-row ``tau [B]`` f32 and ``config``'s
+        (default: the state's) k / temperature / scopes, no host read. The first call (and any
+        call whose logits or config differ in what the checks depend on) goes through
+        :func:`~sia_kernels.ops.junction_scan_nosync`, which validates everything and picks the
+        backend; later calls like it call that backend directly (``tau`` comes from the gate: a
+        ``[B]`` f32 tensor)."""
+        cfg = config or self.config
+        temperature = 0.0 if cfg.greedy else cfg.temperature
+        temp = self._temperatures.get(temperature)
+        if temp is None:
+            temp = self._temperatures[temperature] = self.full(temperature)
+        key = (logits.dtype, logits.shape, logits.stride(1) == 1, cfg.k, cfg.backend)
+        if key == self._scan_key:
+            return self._scan_fn(logits, k=cfg.k, tau=tau, temperature=temp, entropy_scope=cfg.entropy_scope,
+                                 sample_from=cfg.sample_from, generator=self.generator)
+        out = junction_scan_nosync(logits, k=cfg.k, tau=tau, temperature=temp, entropy_scope=cfg.entropy_scope,
+                                   sample_from=cfg.sample_from, generator=self.generator, backend=cfg.backend)
+        if key[2]:  # unit-stride rows: what the backends take as they are
+            self._scan_fn, self._scan_key = resolve_backend(cfg.backend, logits.device)[1], key
+        return out
+
     @staticmethod
     def _append(buf, mask, width, tokens):
         if width == buf.shape[1]:  # past the preallocated room (decode_step beyond max_new_tokens): double
@@ -209,9 +260,8 @@ class DecodeState:
     def advance(self, tokens: torch.Tensor) -> None:
         """Append this step's tokens ``[B]`` i64 (already padded for finished rows): history, value
         cache, finished mask, step index. No host read."""
-        newly = ~self.finished
-        if self.eos is not None:
-            newly &= torch.isin(tokens, self.eos)
+        if self.eos is not None:  # without EOS no row ever finishes
+            newly = torch.isin(tokens, self.eos) & ~self.finished
             self.finished |= newly
             self.finish_step.masked_fill_(newly, self.step + 1)
         self._ids, self._mask = self._append(self._ids, self._mask, self._width, tokens)
@@ -230,9 +280,10 @@ class DecodeState:
 
     # -------------------------------------------------------- checks folded into the next sync
     def defer(self, flags: torch.Tensor, on_read: Callable[[list[int]], None]) -> None:
-        """Read ``flags`` (a 1D integer tensor) at the next :func:`read_step` (or :meth:`flush`)
-        and call ``on_read(values)`` then: how a check rides on the step's one host read."""
-        self._deferred.append((flags.long().reshape(-1), on_read))
+        """Read ``flags`` (a bool or integer tensor, flattened) at the next :func:`read_step` (or
+        :meth:`flush`) and call ``on_read(values)`` then, with the values as ints: how a check
+        rides on the step's one host read."""
+        self._deferred.append((flags.reshape(-1), on_read))
 
     def take_deferred(self) -> list[tuple[torch.Tensor, Callable[[list[int]], None]]]:
         """The checks deferred to the next host read (and the value cache's kept-candidate flags);
@@ -247,15 +298,16 @@ class DecodeState:
         """Run the deferred checks now (one host read if any): after the last step of a decode."""
         pending = self.take_deferred()
         if pending:
-            self.run_deferred(pending, torch.cat([f for f, _ in pending]).tolist())
+            self.run_deferred(pending, torch.cat([f.long() for f, _ in pending]).tolist())
 
     @staticmethod
-    def run_deferred(pending, values: list[int]) -> None:
-        """Call each deferred check with its flags' values (read in the caller's host sync)."""
+    def run_deferred(pending, values: list) -> None:
+        """Call each deferred check with its flags' values as ints (read in the caller's host sync,
+        possibly as floats)."""
         off = 0
         for flags, on_read in pending:
             n = flags.shape[0]
-            on_read(values[off:off + n])
+            on_read([int(v) for v in values[off:off + n]])
             off += n
 
     # -------------------------------------------------------- value scoring on junction rows
@@ -292,7 +344,7 @@ class DecodeState:
             for b, n in zip(part, spent):
                 self.row_value_tokens[b] += n
                 self.row_junctions[b] += 1
-        values = torch.cat(out).float()
+        values = (out[0] if len(out) == 1 else torch.cat(out)).float()
         step = self.step
 
         def check_nan(flags: list[int]) -> None:

@@ -11,6 +11,11 @@ from the previous step (whether each junction row kept its chosen candidate's KV
 cache; whether the value model returned NaN). Everything else comes from host-side lengths:
 inputs are validated once, when the :class:`DecodeState` is built; the token history is
 preallocated (no per-step concatenation).
+
+Per-step overhead is kept to a few small ops (it matters next to a small model's forward): the
+scan backend is resolved and its arguments checked at the first step (:meth:`DecodeState.scan`),
+the gates' thresholds are made once, a decode without EOS skips the finished-row bookkeeping,
+and greedy steering takes the argmax directly (:func:`steer_greedy`).
 """
 from __future__ import annotations
 
@@ -19,12 +24,13 @@ import math
 import torch
 
 from ..config import SIAConfig
-from ..ops import check_rows, junction_scan_nosync, steer_nosync
+from ..ops import check_rows, steer_nosync
 from ..types import JunctionScan
 from .profiling import phase
 from .state import DecodeState, StepStats
 
-__all__ = ["DecodeState", "StepStats", "decode_step", "plan_step", "gate_tau", "read_step", "GATE_FUNCTIONS"]
+__all__ = ["DecodeState", "StepStats", "decode_step", "plan_step", "gate_tau", "read_step", "steer_greedy",
+           "GATE_FUNCTIONS"]
 
 _INF = math.inf
 
@@ -33,15 +39,15 @@ _INF = math.inf
 # A gate is a per-row threshold: junction = H > tau. -inf steers the row, +inf leaves it alone.
 
 def _gate_entropy(state: "DecodeState", config: SIAConfig) -> torch.Tensor:
-    return state.full(state.tau)
+    return state.tau_row(state.tau)
 
 
 def _gate_always(state, config) -> torch.Tensor:
-    return state.full(-_INF)
+    return state.tau_row(-_INF)
 
 
 def _gate_never(state, config) -> torch.Tensor:
-    return state.full(_INF)
+    return state.tau_row(_INF)
 
 
 def _gate_random(state, config) -> torch.Tensor:
@@ -50,7 +56,7 @@ def _gate_random(state, config) -> torch.Tensor:
 
 
 def _gate_target_rate(state, config) -> torch.Tensor:
-    return state.full(state.tau)  # calibrated from entropy quantiles (generate.calibrate_tau)
+    return state.tau_row(state.tau)  # calibrated from entropy quantiles (generate.calibrate_tau)
 
 
 GATE_FUNCTIONS = {
@@ -67,10 +73,10 @@ def gate_tau(state: "DecodeState", config: SIAConfig) -> torch.Tensor:
     """Per-row tau ``[B]`` f32 for this step: the first ``config.first_n`` generated positions
     are always steered, then the gate decides; finished rows get +inf (never scored)."""
     if config.first_n is not None and state.step < config.first_n:
-        tau = state.full(-_INF)
+        tau = state.tau_row(-_INF)
     else:
         tau = GATE_FUNCTIONS[config.gate](state, config)
-    return tau.masked_fill(state.finished, _INF)
+    return tau if state.eos is None else tau.masked_fill(state.finished, _INF)  # no EOS: no row finishes
 
 
 # ---------------------------------------------------------------- state
@@ -78,20 +84,20 @@ def gate_tau(state: "DecodeState", config: SIAConfig) -> torch.Tensor:
 # ---------------------------------------------------------------- the step
 
 def read_step(scan: JunctionScan, state: DecodeState) -> tuple[int, list[int], list[bool]]:
-    """The step's one host sync: ``J``, whether any row's logits were bad (NaN, +inf, no finite
-    entry: seen in the ``[B]`` lse), the finished mask (as of the end of the previous step), the
-    checks deferred from the previous step and the junction rows ``[:J]``, in one transfer."""
+    """The step's one host sync: ``J``, the ``[B]`` lse (a bad logits row, NaN, +inf or no finite
+    entry, shows there), the finished mask (as of the end of the previous step), the checks
+    deferred from the previous step and the junction rows ``[:J]``, in one transfer (one
+    concatenation, promoted to f32: the integers in it are far below 2**24)."""
     B = state.batch_size
     pending = state.take_deferred()
-    bad = (~torch.isfinite(scan.lse)).any().long().reshape(1)
-    packed = torch.cat([scan.num_junctions.long().reshape(1), bad, state.finished.long()]
-                       + [f for f, _ in pending] + [scan.junction_rows.long()]).tolist()
-    head, off = packed[:2 + B], 2 + B + sum(f.shape[0] for f, _ in pending)
-    DecodeState.run_deferred(pending, packed[2 + B:off])
-    if head[1]:
+    packed = torch.cat([scan.num_junctions, scan.lse, state.finished]
+                       + [f for f, _ in pending] + [scan.junction_rows]).tolist()
+    off = 1 + 2 * B + sum(f.shape[0] for f, _ in pending)
+    DecodeState.run_deferred(pending, packed[1 + 2 * B:off])
+    if not all(map(math.isfinite, packed[1:1 + B])):
         check_rows(scan.lse)  # raises, naming the row
-    J = head[0]
-    return J, packed[off:off + J], [bool(x) for x in head[2:]]
+    J = int(packed[0])
+    return J, [int(r) for r in packed[off:off + J]], [f != 0 for f in packed[1 + B:1 + 2 * B]]
 
 
 def plan_step(logits: torch.Tensor, state: DecodeState, value_model, config: SIAConfig):
@@ -103,18 +109,15 @@ def plan_step(logits: torch.Tensor, state: DecodeState, value_model, config: SIA
         raise ValueError(f"logits must be [B, V] with B = {state.batch_size}, got {tuple(getattr(logits, 'shape', ()))}")
     if logits.device != state.device:
         raise ValueError(f"logits are on {logits.device} but the decode state is on {state.device}")
-    vm = state.value_model
-    if vm is not None and vm.bridge is None and logits.shape[1] > vm.vocab_size:
+    vocab = state.value_vocab_size
+    if vocab is not None and logits.shape[1] > vocab:
         raise ValueError(f"logits have {logits.shape[1]} entries per row but the value model's vocabulary has "
-                         f"{vm.vocab_size}: candidates could fall outside it")
+                         f"{vocab}: candidates could fall outside it")
     times = state.times
     with phase("scan", times):
         tau = gate_tau(state, config)
         # tau comes from the gate (validated numbers, +-inf); the lse check rides on read_step.
-        scan = junction_scan_nosync(
-            logits, k=config.k, tau=tau, temperature=config.temperature, entropy_scope=config.entropy_scope,
-            sample_from=config.sample_from, greedy=config.greedy, generator=state.generator, backend=config.backend,
-        )
+        scan = state.scan(logits, tau, config)
         J, rows, finished = read_step(scan, state)
     state.finished_host = finished
     counters = value_model.counters if value_model is not None else None
@@ -123,7 +126,7 @@ def plan_step(logits: torch.Tensor, state: DecodeState, value_model, config: SIA
         with phase("value", times):
             values = state.score(scan, rows, value_model)
     else:
-        values = torch.zeros(0, config.k, dtype=torch.float32, device=logits.device)
+        values = scan.junction_logprobs[:0]  # [0, k] f32: no junction, nothing scored
     after = (counters.token_forwards, counters.forwards) if counters is not None else (0, 0)
     stats = StepStats(
         step=state.step,
@@ -140,6 +143,17 @@ def plan_step(logits: torch.Tensor, state: DecodeState, value_model, config: SIA
     return scan, values, stats
 
 
+def steer_greedy(scan: JunctionScan, values: torch.Tensor, num_junctions: int, beta: float) -> torch.Tensor:
+    """``steer`` at temperature 0 when ``J`` is already on the host (after :func:`read_step`):
+    junction rows take the argmax of ``logprob + beta * value`` among their candidates (ties to
+    the first), the other rows keep ``base_token``. The same tokens as ``steer(greedy=True)``,
+    without its unused noise draws."""
+    rows = scan.junction_rows[:num_junctions]
+    score = scan.junction_logprobs[:num_junctions] + beta * values.float()
+    chosen = scan.junction_ids[:num_junctions].gather(1, score.argmax(-1, keepdim=True))[:, 0]
+    return scan.base_token.index_copy(0, rows, chosen)
+
+
 def decode_step(logits: torch.Tensor, state: DecodeState, value_model, config: SIAConfig):
     """One fused SIA decode step on ``logits [B, V]`` (the base model's next-token logits).
 
@@ -154,14 +168,17 @@ def decode_step(logits: torch.Tensor, state: DecodeState, value_model, config: S
     if stats.all_finished:  # nothing to decode: pads, state unchanged
         return torch.full_like(scan.base_token, state.pad_token_id), stats
     with phase("steer", state.times):
-        if stats.num_junctions:
-            tokens = steer_nosync(scan, values, beta=config.beta, temperature=config.temperature,
-                                  greedy=config.greedy, generator=state.generator)
-        else:  # no junction: every row keeps the scan's token (what steer would return)
+        if not stats.num_junctions:  # no junction: every row keeps the scan's token (what steer would return)
             tokens = scan.base_token
+        elif config.greedy or config.temperature == 0:
+            tokens = steer_greedy(scan, values, stats.num_junctions, config.beta)
+        else:
+            tokens = steer_nosync(scan, values, beta=config.beta, temperature=config.temperature,
+                                  generator=state.generator)
         if state.token_hook is not None:  # teacher forcing (tests): the hook may replace the tokens
             forced = state.token_hook(state.step, tokens)
             tokens = tokens if forced is None else forced.to(tokens.device, torch.long)
-        tokens = tokens.masked_fill(state.finished, state.pad_token_id)
+        if state.eos is not None:  # without EOS no row finishes
+            tokens = tokens.masked_fill(state.finished, state.pad_token_id)
     state.advance(tokens)
     return tokens, stats

@@ -1,8 +1,9 @@
 """The value model's own KV cache for a decode batch: one forward per scoring call, per-row lazy catch-up.
 
-See :mod:`sia_kernels.value.model` for the scoring modes and the counters. The cache stores plain
-``[B, H, capacity, D]`` key/value tensors per layer; :mod:`~sia_kernels.value.hf_cache` wraps them
-in a transformers cache for each forward.
+See :mod:`sia_kernels.value.model` for the scoring modes and the counters. The cache stores every
+layer's keys and values in one ``[2 * layers, B, H, capacity, D]`` tensor (so a row's new
+columns, or its kept candidate, are written for all layers in one op); :mod:`~sia_kernels.value.hf_cache`
+wraps per-layer views of it in a transformers cache for each forward.
 """
 from __future__ import annotations
 
@@ -82,8 +83,11 @@ class ValueCache:
         self.done = list(self.lpad)  # host: columns in the cache (or padding) per row
         self._lpad_dev = P - valid.long().sum(-1)
         self._done_dev = self._lpad_dev.clone()
-        self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer [B, H, capacity, D]
-        self._scored = []  # this step's scored chunks: (host rows, rows [J], candidates [J, k], candidate KV)
+        self._all_rows = list(range(B))
+        self._arange = torch.arange(P + 17, device=m.device)  # column indices, capacity + 1 of them
+        self._kv: torch.Tensor | None = None  # [2 * layers, B, H, capacity, D]: keys, values of layer i at 2i, 2i+1
+        self._blocks: dict[tuple[int, int], torch.Tensor] = {}
+        self._scored = []  # this step's scored chunks: (host rows, rows [J], candidates [J, k], candidate KV, whole)
         self._unconfirmed = None  # (host rows, column, kept [J] bool): kept candidates not yet read back
 
     def reserve(self, width: int, *, exact: bool = False) -> None:
@@ -95,8 +99,9 @@ class ValueCache:
         new = width if exact else max(width, 2 * cap)
         grow = new - cap
         self._ids = torch.nn.functional.pad(self._ids, (0, grow))
+        self._arange = torch.arange(new + 1, device=self._ids.device)
         if self._kv is not None:
-            self._kv = [tuple(torch.nn.functional.pad(t, (0, 0, 0, grow)) for t in kv) for kv in self._kv]
+            self._kv = torch.nn.functional.pad(self._kv, (0, 0, 0, grow))
 
     def append(self, tokens: torch.Tensor, *, check: bool = True) -> None:
         """Record the tokens decoded this step: tokens ``[B]`` i64, one per row (no forward here).
@@ -119,25 +124,27 @@ class ValueCache:
 
     def _keep_chosen(self, tokens, col) -> None:
         rows_host, kept_all = [], []
-        for host_rows, rows, cand, cand_kv in self._scored:
-            hit = cand == tokens[rows][:, None]  # [J, k]
+        for host_rows, rows, cand, cand_kv, whole in self._scored:
+            hit = cand == (tokens if whole else tokens[rows])[:, None]  # [J, k]
             kept = hit.any(-1)
             which = hit.long().argmax(-1)  # the first matching candidate
-            for (K, V), (ck, cv) in zip(self._kv, cand_kv):
-                J, H, _, D = ck.shape
-                idx = which.view(J, 1, 1, 1).expand(J, H, 1, D)
-                K[rows, :, col] = ck.gather(2, idx)[:, :, 0]
-                V[rows, :, col] = cv.gather(2, idx)[:, :, 0]
-            self._done_dev.index_put_((rows,), col + kept.long())  # idempotent if a row was scored twice
+            L2, J, H, _, D = cand_kv.shape
+            chosen = cand_kv.gather(3, which.view(1, J, 1, 1, 1).expand(L2, J, H, 1, D))[:, :, :, 0]
+            if whole:
+                self._kv[:, :, :, col] = chosen
+                self._done_dev.copy_(col + kept.long())
+            else:
+                self._kv[:, rows, :, col] = chosen
+                self._done_dev.index_put_((rows,), col + kept.long())  # idempotent if a row was scored twice
             rows_host += host_rows
             kept_all.append(kept)
-        self._unconfirmed = (rows_host, col, torch.cat(kept_all))
+        self._unconfirmed = (rows_host, col, kept_all[0] if len(kept_all) == 1 else torch.cat(kept_all))
         self._scored = []
 
     def pending_flags(self) -> torch.Tensor | None:
-        """Device ``[n]`` i64: for the rows scored before the last append, whether each kept its
+        """Device ``[n]`` bool: for the rows scored before the last append, whether each kept its
         chosen candidate's KV; None when nothing awaits :meth:`confirm`."""
-        return None if self._unconfirmed is None else self._unconfirmed[2].long()
+        return None if self._unconfirmed is None else self._unconfirmed[2]
 
     def confirm(self, flags: list[int] | None = None) -> None:
         """Bring the host's per-row ``done`` up to date with :meth:`pending_flags` (``flags``: their
@@ -161,8 +168,9 @@ class ValueCache:
         self._scored = []  # candidate KV not kept: those rows re-run their last token when next scored
         self._ids, self._lpad_dev, self._done_dev = self._ids[keep], self._lpad_dev[keep], self._done_dev[keep]
         self.lpad, self.done = [self.lpad[b] for b in host], [self.done[b] for b in host]
+        self._all_rows = list(range(len(host)))
         if self._kv is not None:
-            self._kv = [(K[keep], V[keep]) for K, V in self._kv]
+            self._kv = self._kv[:, keep]
 
     def _host_rows(self, name, rows) -> list[int]:
         """Validate a row-index tensor: one host read."""
@@ -219,43 +227,88 @@ class ValueCache:
         """One forward over rows ``rows``: their columns ``[done_b, upto)`` (ragged, by mask) on top of
         the cache, then ``cand`` ``[J, k]`` (or None) at the next position. The pending columns' KV
         is written into the cache; the candidates' KV is held until :meth:`append`."""
-        m, dev = self.model, self._ids.device
+        m = self.model
         done = [self.done[b] for b in host_rows]
         J, lo = len(host_rows), min(done)
+        uniform = max(done) == lo  # every row's pending columns [lo, upto) are real: no ragged mask
+        whole = host_rows == self._all_rows  # every row, in order: slices instead of gathers
+
+        def take(t):
+            return t if whole else t[rows]
+
         hi = max(done) if self._kv is not None else 0  # cache columns some row can see
         Q, k = upto - lo, 0 if cand is None else cand.shape[1]
-        d, lp = self._done_dev[rows][:, None], self._lpad_dev[rows][:, None]
-        key_cols, cols = torch.arange(hi, device=dev), torch.arange(lo, upto, device=dev)
-        seen = (key_cols >= lp) & (key_cols < d)  # [J, hi] cached real columns of each row
-        real = cols >= d  # [J, Q] pending real columns (the rest are padding queries)
-        eye_q = torch.eye(Q, dtype=torch.bool, device=dev)
-        qq = (torch.ones(Q, Q, dtype=torch.bool, device=dev).tril() & real[:, None, :]) | eye_q
-        allowed = torch.cat([seen[:, None, :] & real[:, :, None], qq,
-                             torch.zeros(J, Q, k, dtype=torch.bool, device=dev)], -1)
-        ids, pos = [self._ids[rows, lo:upto]], [(cols - lp).clamp_min(0)]
+        lp = take(self._lpad_dev)[:, None]
+        key_cols = self._arange[:hi]
+        if uniform:  # cached columns [lpad, hi) seen by every query; pending causal; candidates see all + self
+            seen = key_cols >= lp  # [J, hi]
+            allowed = torch.cat([seen[:, None, :].expand(J, Q + k, hi), self._block(Q, k).expand(J, Q + k, Q + k)], -1)
+            pos = self._arange[lo:upto + 1] - lp  # [J, Q + 1]: the pending columns', then the candidates' position
+            real = None
+        else:
+            d = take(self._done_dev)[:, None]
+            cols = self._arange[lo:upto]
+            seen = (key_cols >= lp) & (key_cols < d)  # [J, hi] cached real columns of each row
+            real = cols >= d  # [J, Q] pending real columns (the rest are padding queries)
+            dev = cols.device
+            qq = (torch.ones(Q, Q, dtype=torch.bool, device=dev).tril() & real[:, None, :]) | torch.eye(
+                Q, dtype=torch.bool, device=dev)
+            allowed = torch.cat([seen[:, None, :] & real[:, :, None], qq,
+                                 torch.zeros(J, Q, k, dtype=torch.bool, device=dev)], -1)
+            if k:
+                cand_allowed = torch.cat([seen[:, None, :].expand(J, k, hi), real[:, None, :].expand(J, k, Q),
+                                          torch.eye(k, dtype=torch.bool, device=dev).expand(J, k, k)], -1)
+                allowed = torch.cat([allowed, cand_allowed], 1)
+            pos = (self._arange[lo:upto + 1] - lp).clamp_min(0)
+        ids = take(self._ids[:, lo:upto])
         if k:
-            cand_allowed = torch.cat([seen[:, None, :].expand(J, k, hi), real[:, None, :].expand(J, k, Q),
-                                      torch.eye(k, dtype=torch.bool, device=dev).expand(J, k, k)], -1)
-            allowed = torch.cat([allowed, cand_allowed], 1)
-            ids.append(cand)
-            pos.append((upto - lp).expand(J, k))
-        past = cache_from_layers([(K[rows, :, :hi], V[rows, :, :hi]) for K, V in self._kv]) if hi else new_cache()
+            ids = torch.cat([ids, cand], 1)
+            pos = torch.cat([pos[:, :Q], pos[:, Q:].expand(J, k)], 1)
+        else:
+            pos = pos[:, :Q]
+        if hi:
+            past_kv = self._kv[:, :, :, :hi] if whole else self._kv[:, rows, :, :hi]
+            past = cache_from_layers([(past_kv[i], past_kv[i + 1]) for i in range(0, past_kv.shape[0], 2)])
+        else:
+            past = new_cache()
         last = upto - min(self.lpad[b] for b in host_rows) - (0 if k else 1)
         m.count(real=sum(max(upto - x, 0) for x in done) + J * k, padded=J * (Q + k))
-        values = m.forward_masked(torch.cat(ids, 1), allowed, torch.cat(pos, 1), past, last_position=last)
+        values = m.forward_masked(ids, allowed, pos, past, last_position=last)
         layers = cache_layers(past)
+        if self._kv is None and len({(t.shape[1], t.shape[3], t.dtype) for kv in layers for t in kv}) > 1:
+            raise ValueError("value_mode='cached' needs the same key/value shape in every layer of the value "
+                             "model; use value_mode='prefix'")
+        new_kv = torch.stack([t[:, :, hi:] for kv in layers for t in kv])  # [2L, J, H, Q + k, D]
         if self._kv is None:
-            cap = self._ids.shape[1]
-            self._kv = [tuple(t.new_zeros(self.batch_size, t.shape[1], cap, t.shape[3]) for t in kv) for kv in layers]
-        keep = real[:, None, :, None]
-        for (K, V), (nk, nv) in zip(self._kv if Q else [], layers):  # Q = 0: every row was caught up
-            K[rows, :, lo:upto] = torch.where(keep, nk[:, :, hi:hi + Q], K[rows, :, lo:upto])
-            V[rows, :, lo:upto] = torch.where(keep, nv[:, :, hi:hi + Q], V[rows, :, lo:upto])
-        self._done_dev.index_put_((rows,), torch.clamp_min(d[:, 0], upto))
+            L2, _, H, _, D = new_kv.shape
+            self._kv = new_kv.new_zeros(L2, self.batch_size, H, self._ids.shape[1], D)
+        if Q:  # Q = 0: every row was caught up
+            fresh = new_kv[:, :, :, :Q]
+            if real is not None:  # ragged: keep what the cache holds where the column was not pending
+                fresh = torch.where(real[None, :, None, :, None], fresh, self._kv[:, rows, :, lo:upto])
+            if whole:
+                self._kv[:, :, :, lo:upto] = fresh
+            else:
+                self._kv[:, rows, :, lo:upto] = fresh
+        if whole and uniform:
+            self._done_dev.fill_(upto)
+        else:
+            self._done_dev.index_put_((rows,), torch.clamp_min(take(self._done_dev), upto))
         for b in host_rows:
             self.done[b] = max(self.done[b], upto)
         if not k:
             return None
-        self._scored.append((list(host_rows), rows, cand,
-                             [(nk[:, :, hi + Q:], nv[:, :, hi + Q:]) for nk, nv in layers]))
+        self._scored.append((list(host_rows), rows, cand, new_kv[:, :, :, Q:], whole))
         return values[:, Q:]
+
+    def _block(self, Q: int, k: int) -> torch.Tensor:
+        """``[Q + k, Q + k]`` bool: Q pending columns, causal, then k candidates that each see every
+        pending column and themselves. Small ones (the decode steps') are made once per shape."""
+        block = self._blocks.get((Q, k))
+        if block is None:
+            n, dev = Q + k, self._ids.device
+            block = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
+            block[Q:, Q:] = torch.eye(k, dtype=torch.bool, device=dev)
+            if n <= 64:
+                self._blocks[(Q, k)] = block
+        return block

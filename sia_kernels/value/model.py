@@ -94,6 +94,7 @@ class ValueModel(torch.nn.Module):
         self.bridge = None  # a TokenizerBridge: base-model token ids are re-tokenized for this model
         self.adapter_merged = False  # merge_lora() folded a LoRA adapter into the backbone's weights
         self.counters = ValueCounters()
+        self._max_positions = self.max_positions  # read per forward: the config lookup is kept out of the loop
 
     # ------------------------------------------------------------------ properties
     @property
@@ -147,16 +148,16 @@ class ValueModel(torch.nn.Module):
         position_ids ``[B, Q]`` i64; cache: a transformers cache extended in place, or None.
         last_position: the largest position id, known on the host (range-checked, no device read).
         """
-        if last_position is not None and self.max_positions is not None and last_position >= self.max_positions:
+        limit = self._max_positions
+        if last_position is not None and limit is not None and last_position >= limit:
             raise ValueError(
                 f"sequence of {last_position + 1} positions exceeds the value model's "
-                f"maximum of {self.max_positions} positions"
+                f"maximum of {limit} positions"
             )
         body = body_of(self.backbone)
         dtype = body.get_input_embeddings().weight.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        out = body(input_ids=input_ids, attention_mask=mask[:, None], position_ids=position_ids,
+        mask = torch.where(allowed[:, None], 0.0, torch.finfo(dtype).min).to(dtype)  # additive [B, 1, Q, KV]
+        out = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                    use_cache=cache is not None, **{cache_keyword(body): cache})
         self.counters.forwards += 1
         return self.head(out.last_hidden_state.float()).squeeze(-1)

@@ -11,10 +11,11 @@ from sia_kernels.decoding.step import DecodeState
 LENGTHS = [5, 9, 2, 7]  # different prompt lengths: left padding
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_never_greedy_equals_hf_generate(family):
+@pytest.mark.parametrize("family,lengths", [(f, LENGTHS) for f in FAMILIES] + [("qwen3", [6, 6, 6])])
+def test_never_greedy_equals_hf_generate(family, lengths):
+    """Left-padded prompts, and prompts without padding (the base model then gets no mask)."""
     model, vm = base_model(family), value_model(family)
-    ids, mask = left_padded(LENGTHS, seed=1)
+    ids, mask = left_padded(lengths, seed=1)
     cfg = SIAConfig(gate="never", greedy=True, max_new_tokens=14, eos_token_id=None)
     ours = generate(model, vm, input_ids=ids, attention_mask=mask, config=cfg)
     hf = model.generate(input_ids=ids, attention_mask=mask.long(), do_sample=False, max_new_tokens=14,

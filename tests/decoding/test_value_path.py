@@ -199,3 +199,38 @@ def test_nan_values_are_an_error_read_with_the_next_sync(steps):
                    eos_token_id=None, logits_processor=[proc])  # one step: its check awaits the next read
     with pytest.raises(ValueError, match="NaN"):
         proc.flush()
+
+
+def test_greedy_steer_equals_the_steer_op():
+    """The decoder's greedy steering (J read on the host) picks what ``ops.steer(greedy=True)`` picks,
+    ties included (to the first candidate)."""
+    from sia_kernels.decoding.step import steer_greedy
+    from sia_kernels.ops import junction_scan, steer
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, VOCAB, generator=g)
+    scan = junction_scan(logits, k=5, tau=torch.tensor([0.0, 9.0, 0.0, 0.0, 9.0, 0.0]), backend="reference")
+    J = int(scan.num_junctions)
+    values = torch.randn(J, 5, generator=g)
+    values[0] = (scan.junction_logprobs[0, 0] - scan.junction_logprobs[0]) / 2.0  # an exact tie at beta = 2
+    for beta in (0.0, 2.0, -3.0):
+        assert torch.equal(steer_greedy(scan, values, J, beta), steer(scan, values, beta=beta, greedy=True))
+
+
+def test_the_bound_scan_follows_dtype_and_layout_changes_and_still_checks_rows():
+    """After the first step the decoder calls the scan backend directly; logits of another dtype or
+    layout go through the checked op again, and a bad row is still an error at any step."""
+    vm = value_model("qwen3")
+    ids, mask = left_padded([3, 5], seed=4)
+    cfg = SIAConfig(gate="never", greedy=True, max_new_tokens=8, eos_token_id=None)
+    state = DecodeState(ids, mask, vm, cfg)
+    g = torch.Generator().manual_seed(1)
+    wide = torch.randn(2, 2 * VOCAB, generator=g)
+    for logits in (torch.randn(2, VOCAB, generator=g), torch.randn(2, VOCAB, generator=g).bfloat16(),
+                   wide[:, ::2], torch.randn(2, VOCAB, generator=g)):
+        tokens, _ = decode_step(logits, state, vm, cfg)
+        assert torch.equal(tokens, logits.float().argmax(-1))
+    bad = torch.randn(2, VOCAB, generator=g)
+    bad[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        decode_step(bad, state, vm, cfg)
