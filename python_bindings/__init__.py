@@ -3,10 +3,13 @@
 
 The libraries come from ``setup.py`` (``pip install --no-build-isolation -e .`` builds
 ``python_bindings/_C_cpu*.so`` and, where torch has CUDA, ``_C_cuda*.so``) or, when those are
-missing or older than their sources, from ``torch.utils.cpp_extension.load`` at first use
-(cached under ``TORCH_EXTENSIONS_DIR``). Getting ``junction_scan_cpp`` / ``junction_scan_cuda``
-builds and loads the library; a failed build raises ImportError with the compiler's reason, which
-``sia_kernels.ops`` reports as an unavailable backend (an error when the backend was requested).
+missing or older than their sources, from ``torch.utils.cpp_extension.load`` at first use, which
+says once on stderr that it is building and builds into this environment's own directory
+(``build_directory()``: ``python_bindings/_build`` when writable, else under ``sys.prefix``;
+``SIA_BUILD_DIR`` overrides), never into a cache shared by other checkouts or environments.
+Getting ``junction_scan_cpp`` / ``junction_scan_cuda`` builds and loads the library; a failed build
+raises ImportError with the compiler's reason, which ``sia_kernels.ops`` reports as an unavailable
+backend (an error when the backend was requested).
 
 Module import stays light (no torch, no build) so ``setup.py`` can read the build settings.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -45,6 +49,28 @@ def _prebuilt(stem: str, deps: list[str]) -> str | None:
     return None
 
 
+def prebuilt_library(kind: str = "cpu") -> str | None:
+    """Path of the library the install built for ``kind`` ("cpu" or "cuda") if it is up to date
+    with its sources (then it is loaded without a build), else None."""
+    if kind not in _BUILDS:
+        raise ValueError(f"kind must be one of {sorted(_BUILDS)}, got {kind!r}")
+    stem, deps, _ = _BUILDS[kind]
+    return _prebuilt(stem, deps)
+
+
+def build_directory(kind: str = "cpu") -> Path:
+    """Where a first-use build of ``kind`` goes: ``$SIA_BUILD_DIR/<kind>``, else
+    ``python_bindings/_build/<kind>`` when the package directory is writable, else
+    ``<sys.prefix>/share/sia_kernels/build/<kind>``: one per environment and checkout."""
+    if kind not in _BUILDS:
+        raise ValueError(f"kind must be one of {sorted(_BUILDS)}, got {kind!r}")
+    if os.environ.get("SIA_BUILD_DIR"):
+        return Path(os.environ["SIA_BUILD_DIR"]) / kind
+    if os.access(HERE, os.W_OK):
+        return HERE / "_build" / kind
+    return Path(sys.prefix) / "share" / "sia_kernels" / "build" / kind
+
+
 # kind -> (setup.py's library stem, the files it depends on, torch.utils.cpp_extension.load arguments)
 _BUILDS = {
     "cpu": ("_C_cpu", CPU_DEPS, dict(name="sia_kernels_cpu", sources=CPU_SOURCES, extra_cflags=CPU_CFLAGS,
@@ -65,7 +91,14 @@ def _build_and_load(kind: str) -> None:
     if path is not None:
         torch.ops.load_library(path)
         return
-    cpp_extension.load(**build, is_python_module=False, verbose=os.environ.get("SIA_BUILD_VERBOSE") == "1")
+    directory = build_directory(kind)
+    directory.mkdir(parents=True, exist_ok=True)
+    built = directory / f"{build['name']}.so"
+    if not built.exists() or any(os.path.getmtime(built) < os.path.getmtime(d) for d in deps if os.path.exists(d)):
+        print(f"sia_kernels: building the {kind} op in {directory} (first use, about 30 s; "
+              "`pip install --no-build-isolation -e .` builds it at install)", file=sys.stderr, flush=True)
+    cpp_extension.load(**build, build_directory=str(directory), is_python_module=False,
+                       verbose=os.environ.get("SIA_BUILD_VERBOSE") == "1")
 
 
 def _ensure(kind: str) -> None:
@@ -102,18 +135,22 @@ def cpu_omp_threads(n: int = 0) -> int:
     return int(torch.ops.sia_kernels.cpu_omp_threads(n))
 
 
-def _junction_scan_cpp(logits, *, k, tau, temperature, entropy_scope, sample_from, generator=None):
+def _junction_scan_cpp(logits, *, k, tau, temperature, entropy_scope, sample_from, generator=None,
+                       min_work_per_thread=0):
     """``cpp`` backend. ``logits`` [B, V] f32/bf16/f16 on the CPU, unit-stride rows (any row
-    stride); ``tau``, ``temperature`` [B] f32 (temperature 0 = greedy row). Inputs are validated
-    by ``sia_kernels.ops``. Runs on ``torch.get_num_threads()`` threads; results do not depend
-    on it. Returns a ``JunctionScan`` with every field at full size B."""
+    stride); ``tau``, ``temperature`` contiguous [B] f32 (temperature 0 = greedy row). Inputs are
+    validated by ``sia_kernels.ops``. Runs on up to ``torch.get_num_threads()`` threads, and on one
+    unless B * V reaches the measured crossover (``min_work_per_thread`` logits per thread; 0: the
+    kernel's ``kMinWorkPerThread``; bench/bench_threads.py passes 1 to time a forced split).
+    Results do not depend on the thread count. Returns a ``JunctionScan`` at full size B."""
     import torch
 
     from sia_kernels.types import JunctionScan
 
     seed = int(_seed(generator, logits.device).item())  # free on the CPU
     out = torch.ops.sia_kernels.junction_scan_cpu(
-        logits, k, tau, temperature, entropy_scope == "topk", sample_from == "topk", seed, torch.get_num_threads()
+        logits, k, tau, temperature, entropy_scope == "topk", sample_from == "topk", seed, torch.get_num_threads(),
+        int(min_work_per_thread),
     )
     return JunctionScan(*out)
 

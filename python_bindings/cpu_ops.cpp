@@ -1,6 +1,7 @@
 // torch op for the CPU junction scan in csrc/cpu (DESIGN.md §2):
 //   torch.ops.sia_kernels.junction_scan_cpu(logits, k, tau, temperature, entropy_topk, sample_topk,
-//                                           seed, num_threads) -> 10 tensors (JunctionScan order)
+//                                           seed, num_threads, min_work_per_thread) -> 10 tensors
+// (JunctionScan order). tau and temperature: contiguous [B] f32 (sia_kernels.ops normalises them).
 // Only light torch headers: the first-use build stays short.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -22,7 +23,8 @@ using at::Tensor;
 using sia_bindings::ScanOutputs;
 
 sia_bindings::ScanTuple junction_scan_cpu(const Tensor& logits, int64_t k, const Tensor& tau, const Tensor& temperature,
-                                          bool entropy_topk, bool sample_topk, int64_t seed, int64_t num_threads) {
+                                          bool entropy_topk, bool sample_topk, int64_t seed, int64_t num_threads,
+                                          int64_t min_work_per_thread) {
   TORCH_CHECK(logits.device().is_cpu(), "junction_scan_cpu: logits must be on the CPU");
   TORCH_CHECK(logits.dim() == 2, "junction_scan_cpu: logits must be [B, V]");
   const int64_t B = logits.size(0), V = logits.size(1);
@@ -49,7 +51,8 @@ sia_bindings::ScanTuple junction_scan_cpu(const Tensor& logits, int64_t k, const
                            o.base_token.data_ptr<int64_t>(), o.junction_rows.data_ptr<int64_t>(),
                            o.num_junctions.data_ptr<int32_t>(), o.junction_ids.data_ptr<int64_t>(),
                            o.junction_logprobs.data_ptr<float>(), B, V, logits.stride(0), k, dt,
-                           entropy_topk, sample_topk, static_cast<uint64_t>(seed), static_cast<int>(num_threads));
+                           entropy_topk, sample_topk, static_cast<uint64_t>(seed), static_cast<int>(num_threads),
+                           min_work_per_thread);
   } else {
     o.num_junctions.zero_();
   }
@@ -79,8 +82,8 @@ int64_t cpu_omp_threads(int64_t n) {
 TORCH_LIBRARY_FRAGMENT(sia_kernels, m) {
   m.def(
       "junction_scan_cpu(Tensor logits, int k, Tensor tau, Tensor temperature, bool entropy_topk, "
-      "bool sample_topk, int seed, int num_threads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor, Tensor)");
+      "bool sample_topk, int seed, int num_threads, int min_work_per_thread) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("cpu_omp_threads(int n) -> int");
 }
 

@@ -94,8 +94,10 @@ def resolve_backend(backend: str | None, device: torch.device) -> tuple[str, Cal
 
 # ---------------------------------------------------------------- validation
 
-def _per_row(x, name: str, b: int, device: torch.device, *, allow_inf: bool) -> torch.Tensor:
-    """A float or a ``[B]`` tensor as a ``[B]`` float32 tensor on ``device``."""
+def _per_row(x, name: str, b: int, device: torch.device, *, allow_inf: bool, nonneg: bool = False) -> torch.Tensor:
+    """A float, a 0-d or a ``[B]`` tensor (any stride, expanded too) as a contiguous ``[B]`` float32
+    tensor on ``device``: the one form every backend takes. Python numbers are checked here
+    (no sync); tensor values by ``_check_user_tensors`` (one host read)."""
     if isinstance(x, torch.Tensor):
         if x.device != device:
             raise ValueError(f"{name} is on {x.device} but logits are on {device}")
@@ -105,11 +107,11 @@ def _per_row(x, name: str, b: int, device: torch.device, *, allow_inf: bool) -> 
             raise ValueError(f"{name} must be a float or a [B] = [{b}] tensor, got shape {tuple(x.shape)}")
         if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
             raise TypeError(f"{name} must be a float tensor, got {x.dtype}")
-        return x.to(torch.float32)
+        return x.to(torch.float32).contiguous()
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise TypeError(f"{name} must be a float or a [B] tensor, got {type(x).__name__}")
-    if math.isnan(x) or (not allow_inf and math.isinf(x)):
-        raise ValueError(f"{name} must be {'a number' if allow_inf else 'finite'}, got {x}")
+    if math.isnan(x) or (not allow_inf and math.isinf(x)) or (nonneg and x < 0):
+        raise ValueError(f"{name} must be {'finite and >= 0' if nonneg else 'a number'}, got {x}")
     return torch.full((b,), float(x), dtype=torch.float32, device=device)
 
 
@@ -167,23 +169,39 @@ def junction_scan(
     gate ``H > tau``, the sorted top-``k`` candidates, the base token and the compacted
     junction batch (DESIGN.md §2).
 
-    ``tau``, ``temperature``: a float or a ``[B]`` tensor. Entropy and log-probs are of the
-    untempered distribution; ``temperature`` only affects sampling (0 or ``greedy=True``:
-    argmax). ``sample_from``: ``"topk"`` (Gumbel-max among the candidates) or ``"full"``.
-    Rows with NaN, +inf or no finite logit raise ValueError naming the row; the check reads
-    the ``[B]`` lse back (one small host sync); ``num_junctions`` stays on the device.
+    ``tau``, ``temperature``: a float, a 0-d or a ``[B]`` tensor (any stride). Entropy and
+    log-probs are of the untempered distribution; ``temperature`` only affects sampling (0 or
+    ``greedy=True``: argmax; a positive T so small that T * Gumbel is below half an ulp of the
+    logits is argmax too). ``sample_from``: ``"topk"`` (Gumbel-max among the candidates) or
+    ``"full"``. Rows with NaN, +inf or no finite logit raise ValueError naming the row; the check
+    reads the ``[B]`` lse back (one small host sync); ``num_junctions`` stays on the device.
     """
-    return _junction_scan(
-        logits, k=k, tau=tau, temperature=temperature, entropy_scope=entropy_scope,
-        sample_from=sample_from, greedy=greedy, generator=generator, backend=backend, host_checks=True,
-    )
+    return _scan(logits, k, tau, temperature, entropy_scope, sample_from, greedy, generator, backend,
+                 host_checks=True)
 
 
-def _junction_scan(logits, *, k, tau, temperature, entropy_scope, sample_from, greedy, generator, backend,
-                   host_checks: bool) -> JunctionScan:
-    """``junction_scan``; with ``host_checks=False`` it reads nothing back: the caller vouches
-    for the values in its tau/temperature tensors and folds ``check_rows`` into its own sync
-    (the decoder does, in its one read per step)."""
+def junction_scan_nosync(
+    logits: torch.Tensor,
+    *,
+    k: int,
+    tau,
+    temperature=1.0,
+    entropy_scope: str = "topk",
+    sample_from: str = "topk",
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+) -> JunctionScan:
+    """``junction_scan`` without any host read: arguments are validated as there, but the values
+    in ``tau`` / ``temperature`` tensors are not read, and bad rows are not raised. The caller
+    vouches for its tensors and folds ``check_rows(out.lse)`` into its own sync (the decoder does,
+    in its one read per step)."""
+    return _scan(logits, k, tau, temperature, entropy_scope, sample_from, greedy, generator, backend,
+                 host_checks=False)
+
+
+def _scan(logits, k, tau, temperature, entropy_scope, sample_from, greedy, generator, backend,
+          *, host_checks: bool) -> JunctionScan:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
@@ -202,9 +220,7 @@ def _junction_scan(logits, *, k, tau, temperature, entropy_scope, sample_from, g
     device = logits.device
     _check_generator(generator, device)
     tau_t = _per_row(tau, "tau", b, device, allow_inf=True)
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    temp_t = _per_row(temperature, "temperature", b, device, allow_inf=False)
+    temp_t = _per_row(temperature, "temperature", b, device, allow_inf=False, nonneg=True)
     if host_checks:
         _check_user_tensors(
             tau_t if isinstance(tau, torch.Tensor) else None,
@@ -248,9 +264,50 @@ def steer(
     ``logprob + beta * value`` among their ``k`` candidates; other rows keep ``base_token``.
 
     ``values``: ``[n, k]`` float scores of the compacted junction rows, ``n >= J``
-    (``[J, k]`` or the full ``[B, k]``); rows at or past ``J`` are ignored. No host sync
-    (on CPU tensors ``n >= J`` is checked too, since the read is free there).
+    (``[J, k]`` or the full ``[B, k]``); rows at or past ``J`` are ignored. A NaN in a valid
+    row of ``values``, ``n < J`` or a bad ``temperature`` tensor raise ValueError: one small
+    host read (free on the CPU). ``steer_nosync`` skips it.
     """
+    temp_t = _steer_args(scan, values, beta, temperature, greedy, generator)
+    n = values.shape[0]
+    valid = torch.arange(n, device=values.device) < scan.num_junctions
+    nan_rows = values.isnan().any(1) & valid
+    bad_temp = ((temp_t < 0) | ~temp_t.isfinite()).any()  # only a user's tensor can be bad
+    # One read: J, whether a temperature is bad, and which valid value rows hold NaN.
+    info = torch.cat([scan.num_junctions.long(), bad_temp.long().reshape(1), nan_rows.long()]).tolist()
+    j, bad_t, nans = info[0], info[1], info[2:]
+    if bad_t:
+        raise ValueError("temperature must be finite and >= 0 in every row")
+    if n < j:
+        raise ValueError(f"values has {n} rows but the scan has {j} junctions")
+    if any(nans):
+        i = nans.index(1)
+        raise ValueError(f"values row {i} (junction row {int(scan.junction_rows[i])} of the batch) contains NaN")
+    temp_t = torch.zeros_like(temp_t) if greedy else temp_t
+    return reference.steer_ref(scan, values, beta=float(beta), temperature=temp_t, generator=generator)
+
+
+def steer_nosync(
+    scan: JunctionScan,
+    values: torch.Tensor,
+    *,
+    beta: float,
+    temperature=1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``steer`` without a host read: the values in ``values`` and in a ``temperature`` tensor are
+    not checked (a NaN value may be picked), and ``n >= J`` is checked only on the CPU. The caller
+    folds ``values.isnan()`` of its junction rows into its own per-step sync."""
+    temp_t = _steer_args(scan, values, beta, temperature, greedy, generator)
+    if values.device.type == "cpu" and values.shape[0] < int(scan.num_junctions):
+        raise ValueError(f"values has {values.shape[0]} rows but the scan has {int(scan.num_junctions)} junctions")
+    temp_t = torch.zeros_like(temp_t) if greedy else temp_t
+    return reference.steer_ref(scan, values, beta=float(beta), temperature=temp_t, generator=generator)
+
+
+def _steer_args(scan, values, beta, temperature, greedy, generator) -> torch.Tensor:
+    """Validate ``steer``'s arguments (no host read); the temperature as ``[B]`` f32 per batch row."""
     if not isinstance(scan, JunctionScan):
         raise TypeError(f"scan must be a JunctionScan, got {type(scan).__name__}")
     if not isinstance(values, torch.Tensor) or not values.is_floating_point():
@@ -262,13 +319,7 @@ def steer(
         raise ValueError(f"values are on {values.device} but the scan is on {scan.base_token.device}")
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta):
         raise ValueError(f"beta must be a finite number, got {beta!r}")
+    if not isinstance(greedy, bool):
+        raise TypeError(f"greedy must be a bool, got {type(greedy).__name__}")
     _check_generator(generator, values.device)
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    temp_t = _per_row(temperature, "temperature", b, values.device, allow_inf=False)
-    _check_user_tensors(temperature=temp_t if isinstance(temperature, torch.Tensor) else None)
-    if greedy:
-        temp_t = torch.zeros_like(temp_t)
-    if values.device.type == "cpu" and values.shape[0] < int(scan.num_junctions):
-        raise ValueError(f"values has {values.shape[0]} rows but the scan has {int(scan.num_junctions)} junctions")
-    return reference.steer_ref(scan, values, beta=float(beta), temperature=temp_t, generator=generator)
+    return _per_row(temperature, "temperature", b, values.device, allow_inf=False, nonneg=True)

@@ -12,16 +12,27 @@ import torch
 from .types import JunctionScan
 
 
-def entropy_ref(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy (nats) and log-normaliser of softmax(z) along the last axis.
+def log_softmax_ref(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logp = z - lse`` and ``lse`` along the last axis, shifted by the row max first, so that
+    large logits (|z| ~ 1e4) lose no precision to ``z - lse`` in f32."""
+    m = z.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf, or +inf rows: no shift
+    zs = z - m
+    lse_s = torch.logsumexp(zs, dim=-1, keepdim=True)
+    return zs - lse_s, (lse_s + m).squeeze(-1)
 
-    ``-inf`` entries contribute nothing (``where(p > 0, ..., 0)``), so they never make NaN.
-    """
-    lse = torch.logsumexp(z, dim=-1)
-    logp = z - lse.unsqueeze(-1)
+
+def entropy_ref(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy (nats) and log-normaliser of softmax(z) along the last axis."""
+    logp, lse = log_softmax_ref(z)
+    return entropy_of_logp(logp), lse
+
+
+def entropy_of_logp(logp: torch.Tensor) -> torch.Tensor:
+    """``-sum p log p``; ``-inf`` entries contribute nothing (``where(p > 0, ..., 0)``), never NaN."""
     p = logp.exp()
     plogp = torch.where(p > 0, p * logp, torch.zeros_like(p))
-    return -plogp.sum(-1), lse
+    return -plogp.sum(-1)
 
 
 def topk_ref(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,20 +42,28 @@ def topk_ref(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return values[..., :k], ids[..., :k]
 
 
+def gumbel_ref(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Standard Gumbel noise in float64 from 106 random bits per draw: ``w = u1 + u2 2^-53``,
+    ``E = -log1p(-w)`` (an Exp(1) draw, >= 1e-300), ``g = -log E``: the tail P(g > x) holds far
+    past the ~40 nats the kernels reproduce."""
+    u1 = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    u2 = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    e = (-torch.log1p(-(u1 + u2 * 2.0**-53))).clamp_min(1e-300)
+    return -torch.log(e)
+
+
 def gumbel_argmax_ref(
     scores: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """argmax(scores / T + Gumbel) per row; rows with T == 0 take argmax(scores).
+    """argmax(scores + T * Gumbel) per row (the same argmax as scores / T + Gumbel for T > 0, and
+    it never overflows); rows with T == 0 take argmax(scores). Ties go to the lower index.
 
     ``scores`` is ``[B, n]``, ``temperature`` is ``[B]``. Entries at ``-inf`` are never drawn.
     """
-    u = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float64)
-    exp1 = (-torch.log(u.clamp_min(1e-300))).clamp_min(1e-300)  # Exp(1) draws, never 0
-    gumbel = -torch.log(exp1)
+    g = gumbel_ref(scores.shape, generator, scores.device)
     t = temperature.to(torch.float64).unsqueeze(-1)
     s = scores.to(torch.float64)
-    noisy = torch.where(t > 0, s / torch.where(t > 0, t, 1.0) + gumbel, s)
-    return noisy.argmax(dim=-1)
+    return torch.where(t > 0, s + t * g, s).argmax(dim=-1)
 
 
 def compact_ref(gate: torch.Tensor, *candidates: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -82,10 +101,10 @@ def junction_scan_ref(
     means greedy for that row). Computation in ``dtype``; outputs in the contract's dtypes.
     """
     z = logits.to(dtype)
-    full_entropy, lse = entropy_ref(z)
+    logp, lse = log_softmax_ref(z)
     top_vals, top_ids = topk_ref(z, k)
-    top_logprobs = top_vals - lse.unsqueeze(-1)
-    entropy = full_entropy if entropy_scope == "full" else entropy_ref(top_vals)[0]
+    top_logprobs = logp.gather(-1, top_ids)
+    entropy = entropy_of_logp(logp) if entropy_scope == "full" else entropy_ref(top_vals)[0]
     gate = entropy > tau.to(dtype)
     if sample_from == "full":
         base = gumbel_argmax_ref(z, temperature, generator)

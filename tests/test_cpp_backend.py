@@ -35,7 +35,7 @@ def pb():
     return python_bindings
 
 
-def run(pb, logits, *, k=10, tau=1.0, temperature=1.0, scope="topk", sample_from="topk", seed=0):
+def run(pb, logits, *, k=10, tau=1.0, temperature=1.0, scope="topk", sample_from="topk", seed=0, min_work=0):
     b = logits.shape[0]
     return pb.junction_scan_cpp(
         logits,
@@ -45,6 +45,7 @@ def run(pb, logits, *, k=10, tau=1.0, temperature=1.0, scope="topk", sample_from
         entropy_scope=scope,
         sample_from=sample_from,
         generator=torch.Generator().manual_seed(seed),
+        min_work_per_thread=min_work,
     )
 
 
@@ -70,8 +71,10 @@ def close_to_f64(name, got, logits, want64, ref32):
 
 @pytest.mark.parametrize("b,v", [(1, V_QWEN), (3, 4099), (64, 32000)])
 @pytest.mark.parametrize("scope,sample_from", [("topk", "topk"), ("full", "full")])
-def test_same_results_with_one_and_two_threads(pb, b, v, scope, sample_from):
+@pytest.mark.parametrize("min_work", [1, 0], ids=["forced-split", "crossover"])
+def test_same_results_with_one_and_two_threads(pb, b, v, scope, sample_from, min_work):
     # B < threads splits rows into vocabulary slices; B >= threads runs whole rows per thread.
+    # min_work = 1 makes even a small scan use both threads, so both split paths run here.
     assert pb.cpu_omp_threads(1) == 1 and pb.cpu_omp_threads(2) == 2, "OpenMP ignores the thread count"
     logits = torch.randn(b, v, generator=torch.Generator().manual_seed(v)) * 4
     logits[0, ::3] = -math.inf
@@ -81,7 +84,8 @@ def test_same_results_with_one_and_two_threads(pb, b, v, scope, sample_from):
         for n in (1, 2):
             torch.set_num_threads(n)  # the op runs on torch.get_num_threads() threads
             assert torch.get_num_threads() == n
-            outs.append(run(pb, logits, k=64, tau=2.0, temperature=0.8, scope=scope, sample_from=sample_from, seed=5))
+            outs.append(run(pb, logits, k=64, tau=2.0, temperature=0.8, scope=scope, sample_from=sample_from, seed=5,
+                            min_work=min_work))
     finally:
         torch.set_num_threads(before)
     assert_identical(*outs)
@@ -101,6 +105,7 @@ print(torch.get_num_threads(), pb.cpu_omp_threads(0), h.hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_same_results_under_omp_num_threads(pb):
     """OMP_NUM_THREADS=1 and =2 in fresh processes: same bytes out."""
     got = []
@@ -196,6 +201,7 @@ def test_public_op_uses_cpp_and_raises_on_nan(pb):
 
 # ------------------------------------------------------------------ the CUDA twin compiles
 
+@pytest.mark.slow
 def test_cuda_sources_compile():
     nvcc = shutil.which("nvcc")
     if nvcc is None:

@@ -1,8 +1,9 @@
 """The junction-scan contract, one parametrised suite for every backend (DESIGN.md §1, §2, §6).
 
-Each backend is compared with an independent float64 oracle (tests/contract.py); the allowed
-error is twice the float32 reference's own error plus a small epsilon (flash-attention's rule).
-Without a GPU, ``triton`` runs under TRITON_INTERPRET=1 and only at V <= 8k.
+Each backend is compared with an independent float64 oracle (tests/contract.py, computed once
+per input and shared by the backends); the allowed error is twice the float32 reference's own
+error plus a small epsilon (flash-attention's rule). Without a GPU, ``triton`` runs under
+TRITON_INTERPRET=1 and only at V <= 8k.
 """
 from __future__ import annotations
 
@@ -13,14 +14,10 @@ import pytest
 import torch
 
 import sia_kernels
-from sia_kernels import junction_scan, steer
-from sia_kernels.reference import junction_scan_ref
+from sia_kernels import junction_scan, reference, steer
 
-from .contract import contract
+from .contract import BACKENDS, DEVICE, INTERPRETED_MAX_V, P_MIN, chi_square_p, contract, slow_if_interpreted
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = ["reference", "triton", "cuda" if DEVICE == "cuda" else "cpp"]
-INTERPRETED_MAX_V = 8192
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -57,22 +54,30 @@ def assert_close(name, got, ref32, ref64, v):
     assert not bad.any(), f"{name}: max err {np.nanmax(err)} at {np.argwhere(bad)[:5].tolist()}"
 
 
+def ref_f32(logits, k, scope, exp) -> dict[str, torch.Tensor]:
+    """The f32 reference's entropy, lse and top-k log-probs (its own error sets the tolerance),
+    from the reference's pieces at the oracle's top-k ids: the same numbers as
+    ``junction_scan_ref``, without its sort of the whole row."""
+    z = logits.float()
+    logp, lse = reference.log_softmax_ref(z)
+    ids = torch.from_numpy(exp["topk_ids"]).to(z.device)
+    entropy = reference.entropy_of_logp(logp) if scope == "full" else reference.entropy_ref(z.gather(1, ids))[0]
+    return {"entropy": entropy, "lse": lse, "topk_logprobs": logp.gather(1, ids)}
+
+
 def check_contract(logits, out, *, k, tau, scope, backend):
     """Every field of ``out`` against the float64 oracle and the f32 reference."""
     b, v = logits.shape
     exp = contract(logits, k, scope)
-    ref32 = junction_scan_ref(
-        logits, k=k, tau=tau, temperature=torch.ones(b, device=logits.device), entropy_scope=scope,
-        sample_from="topk",
-    )
+    ref32 = ref_f32(logits, k, scope, exp)
     for f in ("entropy", "lse", "topk_logprobs"):
         assert getattr(out, f).dtype == torch.float32, f
-        assert_close(f, getattr(out, f), getattr(ref32, f), exp[f], v)
+        assert_close(f, getattr(out, f), ref32[f], exp[f], v)
     assert out.topk_ids.dtype == torch.int64 and out.topk_ids.shape == (b, k)
     assert np.array_equal(out.topk_ids.cpu().numpy(), exp["topk_ids"]), "top-k ids (ties to the lower id)"
     # The gate may differ from the oracle only where the entropy sits on the threshold.
     t = tau.double().cpu().numpy()
-    near = np.abs(exp["entropy"] - t) <= tol(ref32.entropy, exp["entropy"], v)
+    near = np.abs(exp["entropy"] - t) <= tol(ref32["entropy"], exp["entropy"], v)
     gate = out.gate.cpu().numpy()
     assert out.gate.dtype == torch.bool
     assert np.array_equal(gate[~near], (exp["entropy"] > t)[~near]), "gate = entropy > tau"
@@ -145,7 +150,11 @@ def adversarial(v: int, dtype) -> torch.Tensor:
     return rows.to(dtype).to(DEVICE)
 
 
-@pytest.mark.parametrize("backend,v", with_backends([1000, 4099, 151936]))
+ADVERSARIAL = [pytest.param(*p, marks=pytest.mark.slow) if p == ("triton", 4099) and DEVICE == "cpu" else p
+               for p in with_backends([1000, 4099, 151936])]  # interpreted Triton at 4099: ~1-4 s each
+
+
+@pytest.mark.parametrize("backend,v", ADVERSARIAL)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", [1, 10, 64])
 def test_adversarial_rows(backend, v, dtype, k):
@@ -207,12 +216,16 @@ def empirical(backend, logits, n, *, sample_from, temperature, seed=0):
     return counts
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", slow_if_interpreted(BACKENDS))
 @pytest.mark.parametrize("sample_from", ["topk", "full"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampling_frequencies(backend, sample_from, temperature):
+    """200,000 draws (60,000 under Triton's interpreter) of one 8-token row, two at -inf:
+    zero-probability tokens never drawn, cosine > 0.99, every |p_hat - p| < 0.01 (> 5 sigma at
+    60,000), and chi-square p > 1e-6 against the exact softmax."""
     z = torch.tensor([2.0, 1.5, -math.inf, 0.3, 1.0, -1.0, -math.inf, 0.0], device=DEVICE)
-    counts = empirical(backend, z, 200_000, sample_from=sample_from, temperature=temperature)
+    draws = 60_000 if backend == "triton" and DEVICE == "cpu" else 200_000
+    counts = empirical(backend, z, draws, sample_from=sample_from, temperature=temperature)
     kept = z.clone()
     if sample_from == "topk":
         kept[z < z.topk(4).values[-1]] = -math.inf
@@ -221,6 +234,7 @@ def test_sampling_frequencies(backend, sample_from, temperature):
     cos = torch.nn.functional.cosine_similarity(counts / counts.sum(), p, dim=0)
     assert cos > 0.99
     assert ((counts / counts.sum() - p).abs() < 0.01).all()
+    assert chi_square_p(counts[p > 0], p[p > 0]) > P_MIN
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -275,6 +289,7 @@ def test_steer(backend):
 
 
 def test_steer_sampling_frequencies():
+    """200,000 steered draws: the -inf candidate never drawn, cosine > 0.99, chi-square p > 1e-6."""
     logits = torch.zeros(1, 4, device=DEVICE)
     out = junction_scan(logits.expand(50_000, -1), k=4, tau=-math.inf, backend="reference")
     values = torch.tensor([[0.0, 1.0, 2.0, -math.inf]], device=DEVICE).expand(50_000, -1)
@@ -286,6 +301,7 @@ def test_steer_sampling_frequencies():
     cand = out.junction_ids[0].cpu()  # all-equal logits: candidates are tokens 0..3
     assert counts[cand[3]] == 0
     assert torch.nn.functional.cosine_similarity(counts[cand] / counts.sum(), p, dim=0) > 0.99
+    assert chi_square_p(counts[cand][:3], p[:3]) > P_MIN
 
 
 # ---------------------------------------------------------------- bad input

@@ -6,10 +6,11 @@
 // s = sum e^(z-m)(z-m)). Chunk partials are folded in chunk order after the scan, so the sums
 // never depend on which thread did which chunk. The running top-k is a min-heap whose root is
 // the k-th best so far: a sub-block whose max does not beat it is skipped with one compare.
-// Gumbel-max sampling over the full row uses Philox4x32-10 noise keyed by (seed, row, token),
-// and a sub-block is skipped when even the largest possible noise cannot beat the best key.
-// OpenMP runs over rows; when B is smaller than the thread count, each row is also split into
-// vocabulary slices whose top-k and Gumbel winners are merged exactly afterwards.
+// Gumbel-max sampling (keys z + T g) over the full row uses Philox4x32-10 noise keyed by (seed,
+// row, token), and a sub-block is skipped when even the largest possible noise cannot beat the
+// best key. OpenMP runs over rows once the work pays for a thread (kMinWorkPerThread); when B
+// is smaller than the thread count, each row is also split into vocabulary slices whose top-k
+// and Gumbel winners are merged exactly afterwards.
 #include "junction_scan.h"
 
 #include <algorithm>
@@ -45,8 +46,15 @@ constexpr int kLanes = 16;    // two AVX2 vectors of independent accumulators
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr double kLn2 = 0.693147180559945309;
-// Largest Gumbel noise the sampler can produce: u <= 1 - 2^-24 gives -log(-log u) ~ 16.64.
-constexpr double kGumbelMax = 17.0;
+// Largest Gumbel noise the sampler can produce: E = -log(1 - w) >= 2^-65 gives g <= 45.06.
+constexpr double kGumbelMax = 45.5;
+// Logits per thread below which another thread costs more than it saves. bench/bench_threads.py
+// measures 1 vs 2 threads (this 2-core Xeon VM, quiet): a forced split loses at [1, 4096],
+// breaks even near 32k logits, wins 1.2x at 64k and 1.7-2x from 256k. So two threads start at
+// 2 * 2^15 = 65,536 logits; a [6, 114] scan never opens a parallel region. On a busy machine a
+// parallel region can wait a whole scheduler slice (~12 ms measured): run such machines at one
+// thread (OMP_NUM_THREADS=1 / --threads 1), whatever the size.
+constexpr int64_t kMinWorkPerThread = 1 << 15;
 
 SIA_INLINE uint32_t f2u(float f) {
   uint32_t u;
@@ -93,6 +101,14 @@ SIA_INLINE float as_float(uint32_t x) { return u2f(x); }
 SIA_INLINE vf as_float(vu x) { return bit_cast<vf>(x); }
 SIA_INLINE float to_float(uint32_t x) { return static_cast<float>(static_cast<int32_t>(x)); }  // as signed
 SIA_INLINE vf to_float(vu x) { return __builtin_convertvector(reinterpret_cast<vi&>(x), vf); }
+SIA_INLINE float to_float_u(uint32_t x) { return static_cast<float>(x); }  // as unsigned
+SIA_INLINE vf to_float_u(vu x) { return __builtin_convertvector(x, vf); }
+template <class T>
+SIA_INLINE T bcast(float x);
+template <>
+SIA_INLINE float bcast<float>(float x) { return x; }
+template <>
+SIA_INLINE vf bcast<vf>(float x) { return splat(x); }
 SIA_INLINE float sel(bool c, float a, float b) { return c ? a : b; }
 SIA_INLINE vf sel(vi c, vf a, vf b) { return c ? a : b; }
 
@@ -153,19 +169,45 @@ SIA_INLINE void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) {
   }
 }
 
-// Gumbel noise from 32 random bits: u in (0, 1) on a 2^-23 grid, never 0 or 1.
-template <class U>
-SIA_INLINE auto gumbel_from_bits(U bits) {
-  const auto u = to_float(bits >> 9) * 0x1p-23f + 0x1p-24f;
-  return -log_pos(-log_pos(u));
+// Gumbel noise from 64 random bits: w = (hi 2^32 + lo + 1/2) 2^-64 in (0, 1) (f32, relative
+// precision 2^-24, smallest 2^-65), capped at 1 - 2^-24; E = -log(1 - w), from its series where
+// 1 - w would lose w's low bits; g = -log E. E >= 2^-65 bounds g by 45.06 nats, so the Gumbel
+// tail P(g > x) = 1 - exp(-e^-x) is reproduced to well under 1 % up to 40 nats.
+template <class T, class U>
+SIA_INLINE T gumbel_from_words(U hi, U lo) {
+  T w = to_float_u(hi) * 0x1p-32f + (to_float_u(lo) * 0x1p-64f + 0x1p-65f);
+  w = sel(w < 0x1.fffffep-1f, w, bcast<T>(0x1.fffffep-1f));
+  const T series = w + w * w * (0.5f + w * (1.0f / 3.0f));  // w < 2^-10: error below w^4 / 4
+  const T e = sel(w < 0x1p-10f, series, -log_pos(1.0f - w));
+  return -log_pos(e);
 }
 
-// Token t of row b: counter (t / 4, b, b >> 32, 'SIA'), output word t % 4.
-SIA_INLINE uint32_t noise_bits(uint64_t seed, int64_t row, int64_t tok) {
-  uint32_t c[4] = {uint32_t(uint64_t(tok) >> 2), uint32_t(uint64_t(row)), uint32_t(uint64_t(row) >> 32),
-                   0x00534941u};
+// Noise words of token t in row b: Philox4x32-10, key (seed lo, seed hi), counter (t / 2, b, 0, 0);
+// even t takes (hi, lo) = (r0, r1), odd t (r2, r3).
+SIA_INLINE void noise_words(uint64_t seed, int64_t row, int64_t tok, uint32_t* hi, uint32_t* lo) {
+  uint32_t c[4] = {uint32_t(uint64_t(tok) >> 1), uint32_t(uint64_t(row)), 0u, 0u};
   philox4x32_10(c, uint32_t(seed), uint32_t(seed >> 32));
-  return c[tok & 3];
+  *hi = c[2 * (tok & 1)];
+  *lo = c[2 * (tok & 1) + 1];
+}
+
+// The Gumbel-max key: one FMA where the CPU has one. Never overflows for finite z and t, and a t
+// whose t * g is below half an ulp of z gives key = z (greedy). Both samplers use this and
+// gumbel_from_words<vf>, so full and top-k sampling give a token the same key.
+SIA_INLINE vf gumbel_key(vf z, vf t, vf g) { return z + t * g; }
+
+// Philox words of token pairs p0 .. p0 + np (np a multiple of kW), stored by output word so the
+// loop vectorises: tokens 2p and 2p + 1 take (r0[p], r1[p]) and (r2[p], r3[p]).
+SIA_INLINE void philox_pairs(uint32_t p0, int np, int64_t row, uint64_t seed, uint32_t* __restrict r0,
+                             uint32_t* __restrict r1, uint32_t* __restrict r2, uint32_t* __restrict r3) {
+  for (int p = 0; p < np; ++p) {
+    uint32_t c[4] = {p0 + uint32_t(p), uint32_t(uint64_t(row)), 0u, 0u};
+    philox4x32_10(c, uint32_t(seed), uint32_t(seed >> 32));
+    r0[p] = c[0];
+    r1[p] = c[1];
+    r2[p] = c[2];
+    r3[p] = c[3];
+  }
 }
 
 SIA_INLINE float bf16_to_f32(uint16_t h) { return u2f(uint32_t(h) << 16); }
@@ -250,24 +292,53 @@ SIA_CLONES void chunk_pass(const float* __restrict z, int n, ChunkStats* __restr
   *out = ChunkStats{m, r, d, s2};
 }
 
-// Gumbel-max keys z / T + G(seed, row, token) for tokens tok0 .. tok0 + n (tok0 a multiple of 4);
-// z and keys hold n rounded up to 16 (padded) entries.
-SIA_CLONES void gumbel_keys(const float* __restrict z, int n, int64_t tok0, int64_t row, uint64_t seed,
-                            float inv_t, float* __restrict keys) {
-  alignas(32) uint32_t bits[kSub];
-  const int n16 = (n + 15) & ~15;
-  const uint32_t g0 = uint32_t(uint64_t(tok0) >> 2);
-  for (int g = 0; g < n16 / 4; ++g) {
-    uint32_t c[4] = {g0 + uint32_t(g), uint32_t(uint64_t(row)), uint32_t(uint64_t(row) >> 32), 0x00534941u};
-    philox4x32_10(c, uint32_t(seed), uint32_t(seed >> 32));
-    for (int j = 0; j < 4; ++j) bits[4 * g + j] = c[j];
+// Gumbel-max keys z + T G(seed, row, token) for tokens tok0 .. tok0 + n (tok0 even, n <= kSub);
+// z and keys hold n rounded up to 16 (padded) entries. Returns false, with no keys written, when
+// no token's hi word is below hi_bar (then none can win: see hi_bar); the logs are skipped then.
+SIA_CLONES bool gumbel_keys(const float* __restrict z, int n, int64_t tok0, int64_t row, uint64_t seed, float t,
+                            uint64_t hi_bar, float* __restrict keys) {
+  alignas(32) uint32_t r0[kSub / 2], r1[kSub / 2], r2[kSub / 2], r3[kSub / 2];
+  alignas(32) float g[kSub];
+  const int np = ((n + 15) & ~15) / 2;
+  philox_pairs(uint32_t(uint64_t(tok0) >> 1), np, row, seed, r0, r1, r2, r3);
+  uint32_t lowest = 0xffffffffu;
+  for (int p = 0; p < np; ++p) lowest = std::min(lowest, std::min(r0[p], r2[p]));
+  if (lowest >= hi_bar) return false;
+  for (int p = 0; p < np; p += kW) {
+    vu a, b, c, d;
+    std::memcpy(&a, r0 + p, sizeof(a));
+    std::memcpy(&b, r1 + p, sizeof(b));
+    std::memcpy(&c, r2 + p, sizeof(c));
+    std::memcpy(&d, r3 + p, sizeof(d));
+    const vf even = gumbel_from_words<vf>(a, b), odd = gumbel_from_words<vf>(c, d);
+    for (int i = 0; i < kW; ++i) {
+      g[2 * (p + i)] = even[i];
+      g[2 * (p + i) + 1] = odd[i];
+    }
   }
-  const vf it = splat(inv_t);
-  for (int i = 0; i < n16; i += kW) {
-    vu b;
-    std::memcpy(&b, bits + i, sizeof(b));
-    storeu(keys + i, loadu(z + i) * it + gumbel_from_bits(b));
-  }
+  const vf vt = splat(t);
+  for (int i = 0; i < 2 * np; i += kW) storeu(keys + i, gumbel_key(loadu(z + i), vt, loadu(g + i)));
+  return true;
+}
+
+// The same keys for kW candidates (top-k sampling), from their tokens' noise words.
+SIA_CLONES void candidate_keys(const float* __restrict z, const uint32_t* __restrict hi,
+                               const uint32_t* __restrict lo, float t, float* __restrict keys) {
+  vu h, l;
+  std::memcpy(&h, hi, sizeof(h));
+  std::memcpy(&l, lo, sizeof(l));
+  storeu(keys, gumbel_key(loadu(z), splat(t), gumbel_from_words<vf>(h, l)));
+}
+
+// A token at logit z <= zmax beats the key `best` only if g > x = (best - zmax) / t, that is
+// w < 1 - exp(-e^-x), which needs its hi word below about 2^32 (1 - exp(-e^-x)). The bar is
+// generous (slack for f32 rounding of the key and of g); 2^32 means "no pruning".
+uint64_t hi_bar(float best, float zmax, float t) {
+  const double gap = double(best) - double(zmax) - (std::fabs(double(best)) + std::fabs(double(zmax))) * 0x1p-20;
+  const double x = gap / double(t) - 1e-2;
+  if (!(x > -2.0)) return uint64_t(1) << 32;  // -inf best, or the bar is above 1 - exp(-e^2)
+  const double w = -std::expm1(-std::exp(-x));
+  return std::min<uint64_t>(uint64_t(1) << 32, uint64_t(w * 0x1p32 * (1 + 0x1p-16)) + 2);
 }
 
 // ------------------------------------------------------------------ top-k heap
@@ -362,7 +433,7 @@ struct Problem {
 void scan_range(const Problem& P, int64_t b, int64_t c0, int64_t c1, TopK& heap, TaskOut& out, Scratch& S) {
   const float t = P.temperature[b];
   const bool sample_full = !P.sample_topk && t > 0.0f;
-  const float inv_t = sample_full ? 1.0f / t : 0.0f;
+  const double reach = double(t) * kGumbelMax;  // no key exceeds its logit by more
   float sbmax[kSubs];
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t tok0 = c * kChunk;
@@ -391,9 +462,10 @@ void scan_range(const Problem& P, int64_t b, int64_t c0, int64_t c1, TopK& heap,
       const int off = sb * kSub;
       const int len = std::min(kSub, n - off);
       if (!heap.full() || sbmax[sb] > heap.bar()) heap.scan(z + off, len, tok0 + off);
-      if (sample_full && double(sbmax[sb]) * inv_t + kGumbelMax + std::fabs(double(sbmax[sb]) * inv_t) * 0x1p-20 >
-                             double(out.best_key)) {
-        gumbel_keys(z + off, len, tok0 + off, b, P.seed, inv_t, S.keys.data());
+      // Can this sub-block still win? Its best key is at most sbmax + T gmax (plus f32 rounding).
+      const double reach_sb = double(sbmax[sb]) + reach;
+      if (sample_full && sbmax[sb] > -kInf && reach_sb + std::fabs(reach_sb) * 0x1p-20 > double(out.best_key) &&
+          gumbel_keys(z + off, len, tok0 + off, b, P.seed, t, hi_bar(out.best_key, sbmax[sb], t), S.keys.data())) {
         for (int i = 0; i < len; ++i) {
           if (S.keys[i] > out.best_key) {
             out.best_key = S.keys[i];
@@ -487,13 +559,22 @@ void finish_row(const Problem& P, int64_t b, const Entry* top, const TaskOut& wi
   int64_t base = top[0].id;
   if (t > 0.0f) {
     if (P.sample_topk) {
-      const float inv_t = 1.0f / t;
       float best = -kInf;
-      for (int64_t j = 0; j < k; ++j) {
-        const float key = top[j].v * inv_t + gumbel_from_bits(noise_bits(P.seed, b, top[j].id));
-        if (key > best) {
-          best = key;
-          base = top[j].id;
+      for (int64_t j0 = 0; j0 < k; j0 += kW) {
+        alignas(32) float z[kW], keys[kW];
+        alignas(32) uint32_t hi[kW], lo[kW];
+        for (int i = 0; i < kW; ++i) {
+          const bool in = j0 + i < k;
+          z[i] = in ? top[j0 + i].v : -kInf;  // padding: key -inf, never drawn
+          hi[i] = lo[i] = 0;
+          if (in) noise_words(P.seed, b, top[j0 + i].id, &hi[i], &lo[i]);
+        }
+        candidate_keys(z, hi, lo, t, keys);
+        for (int i = 0; i < kW && j0 + i < k; ++i) {  // candidate order: ties to the better candidate
+          if (keys[i] > best) {
+            best = keys[i];
+            base = top[j0 + i].id;
+          }
         }
       }
     } else if (win.best_id >= 0) {
@@ -521,8 +602,12 @@ int junction_scan_cpu(const void* logits, const float* tau, const float* tempera
                       bool* gate, int64_t* topk_ids, float* topk_logprobs, int64_t* base_token,
                       int64_t* junction_rows, int32_t* num_junctions, int64_t* junction_ids,
                       float* junction_logprobs, int64_t B, int64_t V, int64_t row_stride, int64_t k,
-                      ScanDType dtype, bool entropy_topk, bool sample_topk, uint64_t seed, int num_threads) {
-  const int nthr = num_threads > 0 ? num_threads : num_threads_default();
+                      ScanDType dtype, bool entropy_topk, bool sample_topk, uint64_t seed, int num_threads,
+                      int64_t min_work_per_thread) {
+  // Threads: as many as asked for, but no more than the work pays for (see kMinWorkPerThread).
+  const int64_t per_thread = min_work_per_thread > 0 ? min_work_per_thread : kMinWorkPerThread;
+  const int64_t asked = num_threads > 0 ? num_threads : num_threads_default();
+  const int nthr = static_cast<int>(std::max<int64_t>(1, std::min(asked, B * V / per_thread)));
   const int64_t nch = (V + kChunk - 1) / kChunk;
   std::vector<ChunkStats> stats(static_cast<size_t>(B * nch));
   const Problem P{logits, B, V, row_stride, k, nch, dtype, entropy_topk, sample_topk, seed, tau, temperature,
@@ -532,7 +617,7 @@ int junction_scan_cpu(const void* logits, const float* tau, const float* tempera
   const int64_t slices = B >= nthr ? 1 : std::min<int64_t>(nch, (nthr + B - 1) / B);
   int ran = 1;
   if (slices == 1) {
-#pragma omp parallel num_threads(nthr)
+#pragma omp parallel num_threads(nthr) if (nthr > 1)
     {
 #ifdef _OPENMP
 #pragma omp single
@@ -554,7 +639,7 @@ int junction_scan_cpu(const void* logits, const float* tau, const float* tempera
     std::vector<Entry> heaps(static_cast<size_t>(ntask * k));
     std::vector<int64_t> counts(static_cast<size_t>(ntask));
     std::vector<TaskOut> wins(static_cast<size_t>(ntask));
-#pragma omp parallel num_threads(nthr)
+#pragma omp parallel num_threads(nthr) if (nthr > 1)
     {
 #ifdef _OPENMP
 #pragma omp single

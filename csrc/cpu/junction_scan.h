@@ -12,7 +12,8 @@ enum class ScanDType : int { f32 = 0, bf16 = 1, f16 = 2 };
 // Fills every output at full size B (entries past J = num_junctions[0] are zero).
 // Results never depend on the thread count: the vocabulary is cut into fixed chunks whose
 // partial (m, d, s) are folded in chunk order, top-k and Gumbel-max merges are exact, and
-// the Gumbel noise of token t in row b is Philox4x32-10 keyed by (seed, b, t).
+// the Gumbel noise of token t in row b is Philox4x32-10 keyed by (seed, b, t). Sampling takes
+// argmax of z + T g (g <= 45.06, from 64 random bits); T == 0 is argmax of z (ties: lower id).
 // Returns the number of OpenMP threads that ran (1 without OpenMP).
 int junction_scan_cpu(
     // inputs
@@ -39,7 +40,8 @@ int junction_scan_cpu(
     ScanDType dtype,
     bool entropy_topk,           // entropy of the top-k softmax (else the full row)
     bool sample_topk,            // Gumbel-max among the k candidates (else the full row)
-    uint64_t seed,
-    int num_threads);            // <= 0: OpenMP's default
+    uint64_t seed,               // Philox key of the Gumbel noise (DESIGN.md §2: sampler)
+    int num_threads,             // at most this many (<= 0: OpenMP's default) ...
+    int64_t min_work_per_thread);  // ... and at most B * V / this (<= 0: the measured crossover)
 
 }  // namespace sia
