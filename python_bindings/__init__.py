@@ -1,4 +1,4 @@
-"""Torch ops for the framework-free kernels in ``csrc/`` (DESIGN.md §2), as the ``cpp`` and
+"""Torch ops for the framework-free kernels in ``csrc/`` (docs/design.md §2), as the ``cpp`` and
 ``cuda`` backends of ``sia_kernels.junction_scan``.
 
 The libraries come from ``setup.py`` (``pip install --no-build-isolation -e .`` builds

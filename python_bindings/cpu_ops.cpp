@@ -1,4 +1,4 @@
-// torch op for the CPU junction scan in csrc/cpu (DESIGN.md §2):
+// torch op for the CPU junction scan in csrc/cpu (docs/design.md §2):
 //   torch.ops.sia_kernels.junction_scan_cpu(logits, k, tau, temperature, entropy_topk, sample_topk,
 //                                           seed, num_threads, min_work_per_thread) -> 10 tensors
 // (JunctionScan order). tau and temperature: contiguous [B] f32 (sia_kernels.ops normalises them).

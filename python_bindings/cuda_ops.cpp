@@ -1,4 +1,4 @@
-// torch op for the CUDA junction scan in csrc/cuda (DESIGN.md §2):
+// torch op for the CUDA junction scan in csrc/cuda (docs/design.md §2):
 //   torch.ops.sia_kernels.junction_scan_cuda(logits, k, tau, temperature, entropy_topk, sample_topk,
 //                                            seed [1] i64 on the device) -> 10 tensors (JunctionScan order)
 // Runs on the current stream with no host sync (two launches and a 4-byte memset; CUDA-graph safe).

@@ -1,4 +1,4 @@
-// The ten JunctionScan outputs (DESIGN.md §2), allocated at full size B on the logits' device,
+// The ten JunctionScan outputs (docs/design.md §2), allocated at full size B on the logits' device,
 // shared by the cpu and cuda ops so both return them in one order with one set of dtypes.
 #pragma once
 #include <ATen/core/Tensor.h>

@@ -56,7 +56,7 @@ def _choice(name, x, options):
 
 @dataclass(kw_only=True)
 class SIAConfig:
-    """Everything one SIA decode needs (DESIGN.md §1, §4).
+    """Everything one SIA decode needs (docs/design.md §1, §4).
 
     k: candidates per junction (top-k of the base logits). beta: weight of the value in
     ``logprob + beta * V``. tau: entropy threshold (nats) of the ``"entropy"`` gate.

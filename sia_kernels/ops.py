@@ -1,4 +1,4 @@
-"""Public ops and the single backend dispatch point (DESIGN.md §2).
+"""Public ops and the single backend dispatch point (docs/design.md §2).
 
 Backends share one signature (validated inputs, ``B >= 1``, unit-stride rows)::
 
@@ -167,7 +167,7 @@ def junction_scan(
 ) -> JunctionScan:
     """One read of ``logits [B, V]`` (f32, bf16 or f16; any row stride) gives entropy, lse, the
     gate ``H > tau``, the sorted top-``k`` candidates, the base token and the compacted
-    junction batch (DESIGN.md §2).
+    junction batch (docs/design.md §2).
 
     ``tau``, ``temperature``: a float, a 0-d or a ``[B]`` tensor (any stride). Entropy and
     log-probs are of the untempered distribution; ``temperature`` only affects sampling (0 or

@@ -1,4 +1,4 @@
-"""Pure-torch specification of every op (DESIGN.md §1).
+"""Pure-torch specification of every op (docs/design.md §1).
 
 Readable first: each function is the contract the fast backends are tested against.
 Computation runs in float32 by default; pass ``dtype=torch.float64`` for the exact
@@ -95,7 +95,7 @@ def junction_scan_ref(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> JunctionScan:
-    """The junction scan, written as separate torch ops (the contract of DESIGN.md §2).
+    """The junction scan, written as separate torch ops (the contract of docs/design.md §2).
 
     ``logits`` ``[B, V]`` any float dtype; ``tau``/``temperature`` ``[B]`` (``temperature == 0``
     means greedy for that row). Computation in ``dtype``; outputs in the contract's dtypes.

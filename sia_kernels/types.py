@@ -1,4 +1,4 @@
-"""The structured result of a junction scan (DESIGN.md §2)."""
+"""The structured result of a junction scan (docs/design.md §2)."""
 from __future__ import annotations
 
 from typing import NamedTuple

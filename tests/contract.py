@@ -1,4 +1,4 @@
-"""An independent float64 check of the junction-scan contract (DESIGN.md §1-2), in numpy, and the
+"""An independent float64 check of the junction-scan contract (docs/design.md §1-2), in numpy, and the
 backends the contract suites run.
 
 It shares no code with ``sia_kernels.reference`` so that it checks the reference too. The oracle

@@ -1,4 +1,4 @@
-"""Contract edges (issue 13), written from DESIGN.md §1-2 and the shared sampler spec: every
+"""Contract edges (issue 13), written from docs/design.md §1-2 and the shared sampler spec: every
 tensor argument in every layout, the sampler's far tail, tiny temperatures, NaN in the value
 scores, and large logits against the float64 oracle.
 

@@ -59,7 +59,7 @@ def assert_identical(a, b):
 
 
 def close_to_f64(name, got, logits, want64, ref32):
-    """|got - ref64| <= 2 |ref_f32 - ref64| + 1e-5 (1 + |ref64|) (DESIGN.md §6)."""
+    """|got - ref64| <= 2 |ref_f32 - ref64| + 1e-5 (1 + |ref64|) (docs/design.md §6)."""
     g = got.double().numpy()
     own = np.abs(ref32.double().numpy() - want64)
     err = np.abs(g - want64)

@@ -1,4 +1,4 @@
-"""The junction-scan contract, one parametrised suite for every backend (DESIGN.md §1, §2, §6).
+"""The junction-scan contract, one parametrised suite for every backend (docs/design.md §1, §2, §6).
 
 Each backend is compared with an independent float64 oracle (tests/contract.py, computed once
 per input and shared by the backends); the allowed error is twice the float32 reference's own

@@ -1,4 +1,4 @@
-// Junction scan on the CPU (DESIGN.md §1-§2): one pass over each row of the logits.
+// Junction scan on the CPU (docs/design.md §1-§2): one pass over each row of the logits.
 //
 // Layout of the work. The vocabulary is cut into fixed chunks of kChunk tokens. A chunk is
 // read from memory once: a max pass pulls it into L1 (and records per-sub-block maxima), the

@@ -1,6 +1,6 @@
 // Junction scan on the CPU: one read of the logits [B, V] gives entropy, lse, the gate,
 // the sorted top-k candidates, the base token and the compacted junction batch
-// (DESIGN.md §1-§2). Framework-free: raw pointers, sizes, a row stride.
+// (docs/design.md §1-§2). Framework-free: raw pointers, sizes, a row stride.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +40,7 @@ int junction_scan_cpu(
     ScanDType dtype,
     bool entropy_topk,           // entropy of the top-k softmax (else the full row)
     bool sample_topk,            // Gumbel-max among the k candidates (else the full row)
-    uint64_t seed,               // Philox key of the Gumbel noise (DESIGN.md §2: sampler)
+    uint64_t seed,               // Philox key of the Gumbel noise (docs/design.md §2: sampler)
     int num_threads,             // at most this many (<= 0: OpenMP's default) ...
     int64_t min_work_per_thread);  // ... and at most B * V / this (<= 0: the measured crossover)
 

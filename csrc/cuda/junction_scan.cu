@@ -1,4 +1,4 @@
-// Junction scan in CUDA C++ (DESIGN.md §1-§2), the twin of csrc/cpu/junction_scan.cpp.
+// Junction scan in CUDA C++ (docs/design.md §1-§2), the twin of csrc/cpu/junction_scan.cpp.
 //
 // Kernel 1, slice_kernel: grid = B rows x S vocabulary slices, S chosen so that about
 // kTargetCtas CTAs run, so a batch of 1-8 rows still fills the GPU. A CTA streams its slice in

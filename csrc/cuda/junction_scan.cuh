@@ -1,4 +1,4 @@
-// Junction scan in CUDA C++ (DESIGN.md §1-§2): the same contract as csrc/cpu/junction_scan.h,
+// Junction scan in CUDA C++ (docs/design.md §1-§2): the same contract as csrc/cpu/junction_scan.h,
 // a cross-check of the Triton kernel. Framework-free: raw pointers, sizes, a row stride, a stream.
 #pragma once
 

@@ -330,7 +330,7 @@ def calibrate_tau(model, *, input_ids, attention_mask, config: SIAConfig, eos_to
 def generate(model, value_model=None, *, input_ids=None, attention_mask=None, prompts=None, tokenizer=None,
              config: SIAConfig, teacher_tokens=None, value_prompts=None, value_template: str | None = None
              ) -> GenerationResult:
-    """SIA generation for a batch of prompts (DESIGN.md §4).
+    """SIA generation for a batch of prompts (docs/design.md §4).
 
     model: a Hugging Face causal LM. value_model: a :class:`~sia_kernels.value.ValueModel`
     (None only for ``gate="never"``). Give ``input_ids [B, P]`` (+ ``attention_mask``, left

@@ -16,7 +16,7 @@ def median_tau(model, ids, mask, cfg):
 
 
 def predicted_value_forwards(result, mode, k):
-    """Value token-forwards implied by the junction rows alone (DESIGN.md §3 accounting): prefix
+    """Value token-forwards implied by the junction rows alone (docs/design.md §3 accounting): prefix
     re-runs each junction row's prefix; cached runs the row's tokens since its last junction (the
     chosen candidate's KV is kept, so not that one), plus k candidates per junction row."""
     plen = result.prompt_mask.sum(-1).tolist()

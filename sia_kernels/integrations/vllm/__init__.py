@@ -1,4 +1,4 @@
-"""SIA inside vLLM: a logits-processor plugin (DESIGN.md §4b).
+"""SIA inside vLLM: a logits-processor plugin (docs/design.md §4b).
 
 Engine-wide settings come from ``additional_config={"sia": {...}}`` (``--additional-config`` on the
 server)::

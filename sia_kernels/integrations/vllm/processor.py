@@ -200,7 +200,7 @@ class SIALogitsProcessor(*_BASES):
         index = torch.tensor(idx, dtype=torch.long, device=dev)
         sub = logits.index_select(0, index).float()
         tau = torch.tensor([r.config.tau for r in rows], dtype=torch.float32, device=dev)
-        # The gate reads the untempered distribution (DESIGN.md §1); vLLM samples, so the scan's
+        # The gate reads the untempered distribution (docs/design.md §1); vLLM samples, so the scan's
         # own base token is not used (greedy: no random draw).
         scan = junction_scan(sub, k=k, tau=tau, entropy_scope=scope, greedy=True, backend=self.settings.backend)
         J = int(scan.num_junctions)
