@@ -11,14 +11,21 @@ Method
   driver-side metadata (n_regs, n_spills) needs a GPU, the cubin's own figures do not.
 - ``vectorized``: every global load on the partials kernel's streaming path is 128-bit.
 - Streaming loop: the main (outermost) loop of the partials kernel; its cost per tile is the
-  shortest path through the loop body (a body tile: no mask, no rescale of the reference, no
-  top-k selection). ``instr_per_elem`` of the partials row = that path / elements per thread.
-- Selection, per tile that holds a logit above the running k-th best: the cheapest path through
-  the compaction loop's header (one round: prefix sum, scatter, barriers), plus one iteration
-  of the innermost loop per candidate inserted; for K_PAD > 64 (no inner loop) the costliest
-  path (a bitonic sort of the tile). Counts come from a random-order model (logits in random
-  order): tile t of a split holds k / t of the running top-k in expectation and needs the
-  selection with probability 1 - (1 - 1/t)^k (the first tile always); see ``selection_model``.
+  shortest path through the loop body (a body tile on the fast path: no mask, no exact path,
+  no top-k). ``instr_per_elem`` of the partials row = that path / elements per thread.
+- Selection (``loop_costs``, ``selection_model``): the first tile of a program takes the exact
+  path (the block with the most MUFU.EX2 off the stream path: the (m, d, s) recompute) and one
+  round of the compaction loop (the loop with the scratch stores: prefix sum, scatter,
+  barriers), plus one iteration of its insertion loop per candidate; where the kernel holds
+  two copies of the compaction, the costlier (the first tile's).
+  A later tile that holds a logit above the running k-th best takes the cheapest path through
+  the extraction loop's header (K_PAD <= 16) plus one iteration per candidate, else through
+  the compaction (K_PAD 32-64); for K_PAD > 64 (no loops) every such tile costs the costliest
+  forward path (a bitonic sort of the tile). Counts come from a random-order model (logits in
+  random order): the first tile admits ~k (1 + k / 2G) candidates (G groups in its bound);
+  tile t >= 2 holds k / t of the running top-k in expectation and needs the selection with
+  probability 1 - (1 - 1/t)^k. Not counted: exact-path tiles other than the first (-inf or
+  NaN runs, the rare moves of the reference).
 - Merge: its straight-line code once per program; the compaction loops (run by the last
   program) once per block of rows.
 - Issue-bound time: each warp issues at most one instruction per clock and each SM's four
@@ -32,7 +39,8 @@ Method
 
 Limits: counts are static instructions on the chosen path (predicated-off instructions count,
 as they take an issue slot); the random-order model does not hold for sorted or adversarial
-rows (the selection then runs on every tile: correct, slower). The default scan settings are
+rows (the selection then runs on every tile: correct, slower), and a tile holding a -inf logit
+(a masked vocabulary) takes the exact path, about twice the fast path's cost. The default scan settings are
 compiled (``entropy_scope="topk"``, ``sample_from="topk"``; ``--sample-from full`` compiles the
 full-vocabulary sampler, whose Philox noise costs ~100 instructions per element).
 
@@ -223,24 +231,63 @@ def _dist(cfg: Cfg, body: frozenset, src: int, back: set) -> dict[int, float]:
 
 
 def loop_costs(code: list[Instr]) -> dict:
-    """Per iteration of the streaming loop: ``stream``, the cheapest path (no branch taken that
-    can be avoided); ``select``, the cheapest path through the outer nested loop's header (one
-    compaction round; without a nested loop, the costliest path); ``step``, one iteration of the
-    innermost loop (one candidate inserted);
-    ``outside``, instructions outside the main loop; ``path``, the stream path's instructions."""
+    """Costs (instructions a warp issues) of the partials kernel's streaming loop, by path:
+
+    ``stream``: one body tile on the cheapest path (no branch taken that can be avoided: the
+    fast path). ``first``: a tile that takes the exact path (the recompute of (m, d, s), found
+    as the block with the most MUFU.EX2 off the stream path) and one round of the compaction
+    (the loop with the scratch stores); ``insert``: one iteration of its inner loop (one
+    candidate inserted). ``extract``: a tile through the extraction loop's header (the nested
+    loop without loads or stores) leaving it at once; ``extract_step``: one iteration of it
+    (one candidate); without that loop, the compaction as in ``first`` less the exact path.
+    Without nested loops (the bitonic top-k, K_PAD > 64), ``first`` = ``extract`` = the
+    costliest forward path and the steps are 0. ``outside``: instructions outside the main
+    loop; ``path``: the stream path's instructions."""
     cfg = build_cfg(code)
-    loads = lambda lp: any("LDG" in ins.text for x in lp[2] for ins in code[cfg.blocks[x][0]:cfg.blocks[x][1] + 1])
-    head, latch, body = next(lp for lp in cfg.loops if loads(lp))  # the streaming loop
+    instrs = lambda x: code[cfg.blocks[x][0]:cfg.blocks[x][1] + 1]  # noqa: E731
+    has = lambda blocks, op: any(op in ins.text for x in blocks for ins in instrs(x))  # noqa: E731
+    head, latch, body = next(lp for lp in cfg.loops if has(lp[2], "LDG"))  # the streaming loop
     back = {(lp[1], lp[0]) for lp in cfg.loops}
     fwd = _dist(cfg, body, head, back)
     stream = fwd[latch]
-    inner = [lp for lp in cfg.loops if lp[0] in body and lp[0] != head]  # largest first
-    if inner:
-        ih = inner[0][0]
-        to_latch = _dist(cfg, body, ih, back)
-        select = fwd[ih] + to_latch[latch] - _size(cfg, ih)
-        h2, l2, body2 = inner[-1]  # the innermost loop: one insertion
-        step = _dist(cfg, body2, h2, back)[l2]
+
+    def through(*blocks):  # cheapest head -> blocks (in order) -> latch
+        total, at = 0, head
+        for x in blocks + (latch,):
+            dist = _dist(cfg, body, at, back)
+            if x not in dist:
+                return math.inf
+            total += dist[x] - (_size(cfg, at) if at != head or total else 0)
+            at = x
+        return total
+
+    def iteration(lp):
+        return _dist(cfg, lp[2], lp[0], back)[lp[1]]
+
+    # the stream path's blocks
+    path, x = [], latch
+    while True:
+        path.append(x)
+        if x == head:
+            break
+        x = min((p for p in body if x in cfg.succ[p] and (p, x) not in back and p in fwd), key=lambda p: fwd[p])
+    nested = [lp for lp in cfg.loops if lp[0] in body and lp[0] != head and len(lp[2]) + _size(cfg, lp[0]) > 2]
+    leaves = [lp for lp in nested if not any(o[0] in lp[2] and o[0] != lp[0] for o in nested)]
+    compacts = [lp for lp in nested if has(lp[2], "STG")]  # the compaction's scratch stores
+    inserts = [lp for lp in leaves if has(lp[2], "LDG") and not has(lp[2], "STG")]  # one candidate each
+    extracts = [lp for lp in leaves if not has(lp[2], "LDG") and not has(lp[2], "STG")]
+    if compacts:
+        ex2 = lambda x: sum("MUFU.EX2" in ins.text for ins in instrs(x))  # noqa: E731
+        fix = max((x for x in body if x not in path and not any(x in lp[2] for lp in nested)), key=ex2)
+        # where the kernel holds two copies of the compaction, the first tile's is the costlier
+        first = max(through(fix, lp[0]) for lp in compacts)
+        insert = iteration(inserts[-1]) if inserts else 0
+        if extracts:
+            extract_step = iteration(extracts[0])
+            # a rotated loop (test at the bottom, one block) is entered only with a candidate
+            extract = through(extracts[0][0]) - (extract_step if extracts[0][0] == extracts[0][1] else 0)
+        else:  # later tiles compact too
+            extract, extract_step = min(through(lp[0]) for lp in compacts), insert
     else:  # costliest forward path (the bitonic selection is the longest branch)
         order = sorted(body, key=lambda x: cfg.blocks[x][0])
         longest = {head: _size(cfg, head)}
@@ -249,20 +296,12 @@ def loop_costs(code: list[Instr]) -> dict:
                 for y in cfg.succ[x]:
                     if x in longest and y in body and (x, y) not in back:
                         longest[y] = max(longest.get(y, 0), longest[x] + _size(cfg, y))
-        select, step = longest[latch], 0
-    # the instructions on the stream path, for the load check
-    path, x = [], latch
-    while True:
-        path.append(x)
-        if x == head:
-            break
-        x = min((p for p in body if x in cfg.succ[p] and (p, x) not in back and p in fwd),
-                key=lambda p: fwd[p])
-    path_instr = [ins for b in path for ins in code[cfg.blocks[b][0]:cfg.blocks[b][1] + 1]]
+        first = extract = longest[latch]
+        insert = extract_step = 0
+    path_instr = [ins for b in path for ins in instrs(b)]
     in_body = sum(_size(cfg, x) for x in body)
-    loop_instr = sum(sum(_size(cfg, x) for x in lp[2]) for lp in cfg.loops if lp[0] not in body) + in_body
-    return dict(stream=stream, select=select, step=step, outside=len(code) - in_body, path=path_instr,
-                all_loops=sum(sum(_size(cfg, x) for x in lp[2]) for lp in cfg.loops), loop_instr=loop_instr)
+    return dict(stream=stream, first=first, insert=insert, extract=extract, extract_step=extract_step,
+                outside=len(code) - in_body, path=path_instr)
 
 
 def loads_vectorized(path: list[Instr]) -> bool:
@@ -271,15 +310,18 @@ def loads_vectorized(path: list[Instr]) -> bool:
     return bool(lds) and all(".128" in t for t in lds)
 
 
-def selection_model(n_tiles: int, k: int, rows: int, groups: int) -> tuple[float, float]:
-    """Expected (tiles running the selection, candidates inserted) per program, random order:
-    tile t holds k / t of the running top-k; the first tile's bound (the k-th largest of
-    ``groups`` group maxima) admits about k (1 + k / (2 groups)), the top ones that share a
-    group. With several rows in a program the busiest row sets the pace (~ mean + sqrt(2 mean ln rows))."""
-    tiles = sum(1 - ((1 - 1 / t) ** k) ** rows for t in range(1, n_tiles + 1))
-    lam = [k * (1 + k / (2 * groups))] + [k / t for t in range(2, n_tiles + 1)]
-    inserts = sum(x + math.sqrt(2 * x * math.log(rows)) for x in lam)
-    return tiles, inserts
+def selection_model(n_tiles: int, k: int, rows: int, groups: int) -> tuple[float, float, float]:
+    """Random order (logits in random order along the row): tile t of a program holds k / t of
+    the running top-k in expectation. Returns (candidates the first tile's compaction inserts,
+    later tiles that run the extraction, candidates those insert). The first tile's bound (the
+    k-th largest of ``groups`` group maxima) admits about k (1 + k / (2 groups)), the top ones
+    that share a group; tile t >= 2 holds one of them with probability 1 - (1 - 1/t)^k. With
+    several rows in a program the busiest row sets the pace (~ mean + sqrt(2 mean ln rows))."""
+    busiest = lambda lam: lam + math.sqrt(2 * lam * math.log(rows))  # noqa: E731
+    first = busiest(min(k * (1 + k / (2 * groups)), 2.0**30))
+    tiles = sum(1 - ((1 - 1 / t) ** k) ** rows for t in range(2, n_tiles + 1))
+    inserts = sum(busiest(k / t) for t in range(2, n_tiles + 1))
+    return first, tiles, inserts
 
 
 def issue_time_s(warp_instr: float, programs: int, warps: int, gpu: Gpu) -> float:
@@ -298,15 +340,14 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
     # ---- partials
     sass, use = compile_kernel("partials", arch, dtype, tuple(sorted(meta["partials"].items())))
     c = loop_costs(parse_sass(sass))
-    stream, select_once, step = c["stream"], c["select"] - c["stream"], c["step"]
+    stream = c["stream"]
     threads = 32 * p.warps1
     per_thread = p.rows1 * p.block_v / threads
     n_tiles = math.ceil((p.split_len + meta["partials"]["VEC"] - 1) / p.block_v)
     log_g = meta["partials"]["LOG_G"]
-    sel_tiles, sel_steps = selection_model(n_tiles, k, p.rows1, 2**log_g if log_g else p.block_v)
-    if not step:  # the bitonic path (K_PAD > 64): no insertions, the sort is in ``select``
-        sel_steps = 0
-    w1 = c["outside"] + n_tiles * stream + sel_tiles * select_once + (sel_steps * step if step else 0)
+    first_inserts, sel_tiles, sel_steps = selection_model(n_tiles, k, p.rows1, 2**log_g if log_g else p.block_v)
+    w1 = (c["outside"] + c["first"] + first_inserts * c["insert"] + (n_tiles - 1 - sel_tiles) * stream
+          + sel_tiles * c["extract"] + sel_steps * c["extract_step"])
     programs1 = math.ceil(b / p.rows1) * p.splits
     t1 = issue_time_s(w1, programs1, p.warps1, gpu)
     instr1 = w1 * threads * programs1
@@ -335,8 +376,9 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
                      spill_bytes=sum(r["spill_bytes"] for r in rows), vectorized=rows[0]["vectorized"],
                      instr_per_elem=round(total_instr / (b * v), 2), issue_bound_us=round(total_s * 1e6, 3),
                      hbm_floor_us=round(floor * 1e6, 3)))
-    rows[0]["_detail"] = dict(plan=p, stream=stream, per_thread=per_thread, select_once=select_once, step=step,
-                              sel_tiles=sel_tiles, sel_steps=sel_steps, n_tiles=n_tiles)
+    rows[0]["_detail"] = dict(plan=p, per_thread=per_thread, n_tiles=n_tiles, first_inserts=first_inserts,
+                              sel_tiles=sel_tiles, sel_steps=sel_steps,
+                              **{x: c[x] for x in ("stream", "first", "insert", "extract", "extract_step")})
     return rows
 
 

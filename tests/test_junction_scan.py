@@ -180,7 +180,12 @@ def test_strided_rows(backend, dtype):
     check_contract(logits, out, k=10, tau=tau, scope="topk", backend=backend)
     same = scan(logits.contiguous(), backend, k=10, tau=tau, greedy=True)
     for a, b in zip(out, same):
-        assert torch.equal(a, b)
+        if a.is_floating_point() and backend in ("triton", "cuda"):
+            # The GPU kernels align their 16-byte vectors to the row's address, so a row at another
+            # offset sums in another grouping: equal to the last couple of ulps, not bitwise.
+            torch.testing.assert_close(a, b, rtol=4e-7, atol=1e-7)
+        else:
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -2,8 +2,9 @@
 
 Interpreted runs use one tile per row for V <= 8k, so these tests force small tiles, row
 packing, many vocabulary splits (each with a masked head and tail tile around unmasked body
-tiles), the selection paths (extraction below K_PAD = 64, bitonic above; tiles skipped by the
-running k-th threshold) and many merge programs (the last one compacts, with the carry of the
+tiles), the selection paths (compaction on a program's first tile; then extraction up to
+K_PAD = 16, compaction up to 64, bitonic above; tiles whose sums stay under the gate skipped)
+and many merge programs (the last one compacts, with the carry of the
 prefix sum over small blocks) through ``launch_scan(plan=...)``, and check every field against
 the float64 reference.
 """
@@ -97,6 +98,36 @@ def test_strided_bf16_multi_split():
     out = launch(logits, 10, tau, torch.zeros(6, device=DEVICE), "topk", "topk",
                  plan(6, 600, 10, block_v=32, rows1=2, splits=4, rows2=2))
     assert_matches(out, logits, 10, tau, "topk")
+
+
+@pytest.mark.parametrize(
+    "dtype,k,rows1",
+    [(torch.bfloat16, 10, 1), (torch.bfloat16, 3, 2), (torch.float16, 10, 2), (torch.float32, 10, 1)],
+)
+def test_extraction_and_fast_path(dtype, k, rows1):
+    """Many small tiles per split: after its first tile a program only extracts the few logits
+    above its running k-th best (16-bit logits: value and lane packed in one int32), and tiles
+    whose sums stay under the gate skip everything but (d, s). Ties across tiles and signs of
+    zero (equal: the lower id first), negative k-th bests, -inf runs, a late jump of the row max
+    (the reference moves) and a NaN-free row of huge spread."""
+    b, v = 8, 900
+    g = torch.Generator().manual_seed(7)
+    z = 3 * torch.randn(b, v, generator=g)
+    z[1] = -1.0  # full after the first tile with a negative k-th best; then one tile of zeros,
+    z[1, 100:140] = 0.0  # -0.0 at even ids, +0.0 at odd ones: equal, so the lower ids win
+    z[1, 100:140:2] = -0.0
+    z[2] = torch.linspace(-4.0, 4.0, v)  # ascending: candidates in every tile
+    z[3, 100:600] = -math.inf
+    z[4] = -50.0 - z[4].abs()  # every logit negative: a negative k-th best
+    z[5, :700] -= 40.0  # the row max jumps late: the reference moves, the sums rescale
+    z[6, ::7] = 2.5  # ties across tiles and splits
+    z[7] = 0.25 * z[7]  # flat: the gate admits many tiles
+    logits = z.to(dtype).to(DEVICE)
+    tau = torch.full((b,), 1.0, device=DEVICE)
+    for sizes in (dict(block_v=32, splits=2), dict(block_v=64, splits=3)):
+        p = plan(b, v, k, rows1=rows1, rows2=2, **sizes)
+        out = launch(logits, k, tau, torch.zeros(b, device=DEVICE), "full", "topk", p)
+        assert_matches(out, logits, k, tau, "full")
 
 
 @pytest.mark.parametrize("k", [1000, 1024])

@@ -4,14 +4,20 @@ Spec: ``sia_kernels.reference.junction_scan_ref``. Public Triton API only; teste
 3.9.0. bench/sass_budget.py counts the compiled code of exactly these kernels. Read in order:
 
 1. ``_junction_partials_kernel``, grid (row blocks × S vocabulary splits): each program streams
-   its split in tiles of ``BLOCK_V`` columns. Per *lane* (thread element) it accumulates the
+   its split in tiles of ``BLOCK_V`` columns. Per 16-byte vector of the tile it accumulates the
    one-pass entropy partials d = sum e^(z-m), s = sum e^(z-m)(z-m) against a per-row reference
-   m that moves only when the row max grows by more than ``_SLACK`` (so the stream is one
-   FFMA, one exp2, one add, one clamp and one FFMA per element, and the lanes are reduced once,
-   at the end). The tile's row max (one reduction per tile) also gates the top-k: only a tile
-   holding a logit above the running (exact) k-th best runs the selection, which compacts just
-   those logits and inserts them (``_select``). Partials go to small scratch buffers
-   ``[3, B, S]`` / ``[B, S, K_PAD]``.
+   m, reduced across threads once, at the end. The fast path of a tile is, per element, one
+   FFMA (z log2 e - m log2 e), one exp2, one add (d) and one FFMA (s, a chain per vector) plus
+   the bf16 unpack (one shift or and), and one block reduction per tile: a tile whose
+   per-vector sums of 2^y all stay below the row's ``gate`` (and are not NaN) holds no logit
+   above the running k-th best nor above m + ``_SLACK`` (a sum bounds each of its terms), so
+   it needs nothing else. Otherwise (the first tiles, -inf or NaN logits, a top-k candidate)
+   the exact path runs: the reference moves to the tile max if that grew by more than
+   ``_MOVE`` (the tile's (d, s) redone with -inf clamped), then the top-k. While a row holds
+   fewer than k keys, candidates are compacted and inserted (``_select``); once every row is
+   full, K_PAD <= 16 extracts the few logits above the k-th best one by one, largest first
+   (``_extract``: 16-bit logits pack value and lane in one int32, one reduction each), larger
+   K_PAD compacts. Partials go to small scratch buffers ``[3, B, S]`` / ``[B, S, K_PAD]``.
 2. ``_junction_merge_kernel``, one program per block of rows: merges the S partials per row
    (lse, entropy, final top-k, gate, base token). The program that finishes last (an atomic
    ticket, a [1] i32 per device and stream that the partials kernel zeroes) compacts the junction
@@ -49,14 +55,24 @@ MAX_K = 1024  # largest k the kernels take (K_PAD = 1024); larger k raises Value
 _KEY_PAD = tl.constexpr(-(2**63))  # below every packed key, including that of a -inf logit
 _KEY_TOP = tl.constexpr(2**63 - 1)  # above every packed key
 _LOG2E = tl.constexpr(1.4426950408889634)
-# The per-row reference moves only when a tile's max exceeds it by this many nats: e^(z - m)
-# stays below e^8 (no overflow in f32 sums of 10^8 such terms) and rescales are rare.
+# A tile takes the fast path only while its vector sums of e^(z - m) stay below e^_SLACK: every
+# term below e^8 (no overflow in f32 sums of 10^8 such terms), and rescales are rare.
 _SLACK = tl.constexpr(8.0)
+_EXP_SLACK = tl.constexpr(2980.9579870417283)  # e^_SLACK
+# A tile on the exact path moves the reference to its max if that is this far above it, so a
+# vector sum of 2^y (VEC <= 8 terms, each <= e^(z - m)) reaches e^_SLACK again only once the max
+# has grown by more than _SLACK - ln 8 > _MOVE nats: every exact tile makes progress.
+_MOVE = tl.constexpr(4.5)
+_GATE_MARGIN = tl.constexpr(0.9999)  # exp2 and FFMA rounding: the gate only ever errs towards exact
 _TILE = 4096  # elements per tile on a GPU (rows × columns)
 # Under TRITON_INTERPRET=1 (CPU tensors) a tile costs per *operation*, not per element, so the
 # same kernels take 16x larger tiles and one split there (tests/test_triton_internals.py forces
 # small tiles, many splits and small merge blocks through ``launch_scan(plan=...)``).
 _TILE_INTERPRETED = 65536
+# K_PAD up to this: once a program's rows are full, a tile's few new candidates are extracted
+# one by one (a reduction each); above: compacted (one scan per tile, cheaper per candidate)
+_MAX_EXTRACT_K = 16
+_MAXNREG = 128  # registers per thread where two programs share an SM (65,536 per SM, 256 threads each)
 _MAX_COMPACT_K = 64  # K_PAD up to this: selection by compaction; above: bitonic sort per tile
 _B_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)  # plans (compiled variants) see B only through these
 
@@ -162,6 +178,84 @@ def _merge_sorted(best, cand, LOG_R: tl.constexpr, LOG_K: tl.constexpr):
 
 
 @triton.jit
+def _halves(t, ROWS: tl.constexpr, NV: tl.constexpr, W: tl.constexpr):
+    """[ROWS, NV, W] -> its even and odd entries along the last axis, two [ROWS, NV, W // 2]."""
+    return tl.split(tl.reshape(t, [ROWS, NV, W // 2, 2]))
+
+
+@triton.jit
+def _fma_vec(e, y, acc, ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr):
+    """acc + sum over each 16-byte vector of e * y ([ROWS, NV * VEC] -> [ROWS, NV]): one FFMA
+    per element in a chain (a reduction tree would take a multiply and an add per pair)."""
+    e = tl.reshape(e, [ROWS, NV, VEC])
+    y = tl.reshape(y, [ROWS, NV, VEC])
+    e0, e1 = _halves(e, ROWS, NV, VEC)
+    y0, y1 = _halves(y, ROWS, NV, VEC)
+    e00, e01 = _halves(e0, ROWS, NV, VEC // 2)
+    e10, e11 = _halves(e1, ROWS, NV, VEC // 2)
+    y00, y01 = _halves(y0, ROWS, NV, VEC // 2)
+    y10, y11 = _halves(y1, ROWS, NV, VEC // 2)
+    if VEC == 4:
+        acc = tl.fma(tl.reshape(e00, [ROWS, NV]), tl.reshape(y00, [ROWS, NV]), acc)
+        acc = tl.fma(tl.reshape(e01, [ROWS, NV]), tl.reshape(y01, [ROWS, NV]), acc)
+        acc = tl.fma(tl.reshape(e10, [ROWS, NV]), tl.reshape(y10, [ROWS, NV]), acc)
+        acc = tl.fma(tl.reshape(e11, [ROWS, NV]), tl.reshape(y11, [ROWS, NV]), acc)
+    else:
+        for p in tl.static_range(4):
+            ep = e00 if p == 0 else (e01 if p == 1 else (e10 if p == 2 else e11))
+            yp = y00 if p == 0 else (y01 if p == 1 else (y10 if p == 2 else y11))
+            ea, eb = _halves(ep, ROWS, NV, 2)
+            ya, yb = _halves(yp, ROWS, NV, 2)
+            acc = tl.fma(tl.reshape(ea, [ROWS, NV]), tl.reshape(ya, [ROWS, NV]), acc)
+            acc = tl.fma(tl.reshape(eb, [ROWS, NV]), tl.reshape(yb, [ROWS, NV]), acc)
+    return acc
+
+
+@triton.jit
+def _extract(best, kth_val, x, col0, LOG_V: tl.constexpr, KEY_SHIFT: tl.constexpr):
+    """Insert the logits of ``x`` [ROWS, BLOCK_V] (lane j is column ``col0 + j``) above the k-th
+    best into ``best`` (unsorted, every row full, lanes j >= k at _KEY_TOP), one per round,
+    largest first and the lowest column among equals: an equal logit left in the tile has a
+    higher id, so ``x > kth_val`` stays the whole test. A tile that reaches this point holds a
+    few such logits at most (the running k-th best only rises); each costs three reductions."""
+    lanes = tl.arange(0, 2**LOG_V)[None, :]
+    kth = tl.min(best, 1)
+    if KEY_SHIFT >= LOG_V:  # 16-bit logits: (value, lane) in one int32, one reduction per candidate
+        # the logit's monotone int32 has KEY_SHIFT low bits of padding: the lane goes there
+        bits = (x + 0.0).to(tl.int32, bitcast=True)  # + 0.0: -0.0 -> +0.0 (equal logits, lane order)
+        mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        lane_bits = 2**LOG_V - 1 - lanes  # the lower lane wins a tie
+        key32 = ((mono >> (KEY_SHIFT - LOG_V)) & -(2**LOG_V)) | lane_bits
+        cand = tl.where(x > kth_val[:, None], key32, -(2**31))  # NaN: never
+        c_max = tl.max(cand, 1)
+        while tl.max((c_max > -(2**31)).to(tl.int32)) > 0:
+            lane = 2**LOG_V - 1 - (c_max & (2**LOG_V - 1))
+            hi = (c_max >> LOG_V) << KEY_SHIFT
+            hi = hi | ((hi >> 31) & (2**KEY_SHIFT - 1))  # a negative's padding bits were ones
+            val = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+            key = tl.where(c_max > -(2**31), _pack_key(val, col0 + lane), _KEY_PAD)
+            inserted = key > kth
+            best = tl.where(inserted[:, None] & (best == kth[:, None]), key[:, None], best)
+            kth = tl.min(best, 1)
+            kth_val = _key_value(kth)
+            # the rest in key order; a row whose best candidate did not enter is done
+            cand = tl.where((cand < c_max[:, None]) & inserted[:, None], cand, -(2**31))
+            c_max = tl.max(cand, 1)
+    else:
+        cand = tl.where(x > kth_val[:, None], x, float("-inf"))  # NaN: never
+        c_max = tl.max(cand, 1)
+        while tl.max((c_max > kth_val).to(tl.int32)) > 0:
+            lane = tl.min(tl.where(cand == c_max[:, None], lanes, 2**LOG_V), 1)
+            key = tl.where(c_max > kth_val, _pack_key(c_max, col0 + lane), _KEY_PAD)
+            best = tl.where((key > kth)[:, None] & (best == kth[:, None]), key[:, None], best)
+            kth = tl.min(best, 1)
+            kth_val = _key_value(kth)
+            cand = tl.where(lanes == lane[:, None], float("-inf"), cand)  # the rest: tested against the new kth
+            c_max = tl.max(cand, 1)
+    return best, kth_val
+
+
+@triton.jit
 def _select(best, full, kth_val, x, tile_ptrs, col0, start, end, k, scratch, slot,
             K_PAD: tl.constexpr, LOG_R: tl.constexpr, LOG_V: tl.constexpr, LOG_K: tl.constexpr,
             SORT_TILE: tl.constexpr, LOG_CAP: tl.constexpr, LOG_G: tl.constexpr):
@@ -262,6 +356,8 @@ def _junction_partials_kernel(
     LOG_CAP: tl.constexpr,  # log2(candidates merged per compaction round), >= LOG_K
     LOG_G: tl.constexpr,  # log2(groups) for the first tile's bound (0: no bound)
     SAMPLE_FULL: tl.constexpr,  # keep a Gumbel-max over the full vocabulary
+    EXTRACT: tl.constexpr,  # once every row is full: extraction (else compaction)
+    KEY_SHIFT: tl.constexpr,  # 16 (bf16), 13 (f16): zero low bits of the logits' float32; 0 (f32)
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     split = tl.program_id(1)
@@ -280,11 +376,16 @@ def _junction_partials_kernel(
     cols0 = (start - head)[:, None] + lanes[None, :]
     n_tiles = tl.cdiv(end - start + VEC - 1, BLOCK_V)
 
-    # Lane accumulators, base 2: y = (z - m) log2(e), d = sum 2^y, s = sum 2^y y.
+    # Accumulators, base 2: y = (z - m) log2(e), d = sum 2^y, s = sum 2^y y, one slot per 16-byte
+    # vector of the tile (each thread sums its own vectors: no registers per element).
+    NV: tl.constexpr = BLOCK_V // VEC
     m = tl.full([ROWS], float("-inf"), tl.float32)  # the reference (<= _SLACK below the max)
     m2 = tl.zeros([ROWS], tl.float32)  # m log2(e), 0 while m = -inf
-    d = tl.zeros([ROWS, BLOCK_V], tl.float32)
-    s = tl.zeros([ROWS, BLOCK_V], tl.float32)
+    d = tl.zeros([ROWS, NV], tl.float32)
+    s = tl.zeros([ROWS, NV], tl.float32)
+    # gate: a tile whose per-vector sums of 2^y all stay below ``gate`` (and are not NaN) needs
+    # neither a rescale nor the top-k (see the loop); 0 (every tile) until the first tile is seen
+    gate = tl.zeros([ROWS], tl.float32)
     j = tl.arange(0, K_PAD)[None, :]
     # the running top-k as packed keys, distinct padding keys (below every real key) to start;
     # sorted descending for SORT_TILE, else unsorted with lanes j >= k above every key
@@ -315,24 +416,60 @@ def _junction_partials_kernel(
         else:  # 128-bit loads, no mask: bf16/f16 rows are read at their own width
             x = tl.load(ptrs).to(tl.float32)
 
-        x_max = tl.max(x, 1)
-        if tl.max((x_max > m + _SLACK).to(tl.int32)) > 0:  # rare: the first tiles, +inf
-            m_new = tl.where(x_max > m + _SLACK, x_max, m)
-            m2_new = tl.where(m_new == float("-inf"), 0.0, m_new * _LOG2E)
-            alpha = tl.where(m == float("-inf"), 0.0, tl.exp2(m2 - m2_new))[:, None]  # d = s = 0 then
-            s = tl.where(alpha > 0.0, alpha * (s + d * (m2 - m2_new)[:, None]), 0.0)
-            d = d * alpha
-            m = m_new
-            m2 = m2_new
-        y = x * _LOG2E - m2[:, None]
+        # Fast path, per element: one FFMA, one exp2, one add, one FFMA (no max, no clamp). The FMA
+        # is explicit: x log2(e) unrounded before m2 is taken off, so |z| ~ 1e4 keeps its precision
+        # (rounding x log2(e) first costs ~1e-3 in y, and 1e-3 relative entropy), in the interpreter too.
+        y = tl.fma(x, _LOG2E, -m2[:, None])
         e = tl.exp2(y)
-        d += e  # a NaN logit stays in d: its row's lse is NaN (ops.py reports the row)
-        s += e * tl.maximum(y, -256.0)  # -inf logits: 0 * -256, not 0 * -inf = NaN
-
-        if tl.max((((x_max > kth_val) | ~full) & rmask).to(tl.int32)) > 0:
-            best, full, kth_val = _select(best, full, kth_val, x, row_ptrs + off, start - head + off, start, end,
-                                          k, scratch_ptr, slot, K_PAD, LOG_R, LOG_V, LOG_K, SORT_TILE, LOG_CAP,
-                                          LOG_G)
+        d_t = tl.sum(tl.reshape(e, [ROWS, NV, VEC]), 2)
+        s_old = s
+        s = _fma_vec(e, y, s, ROWS, NV, VEC)  # NaN if a logit is -inf (0 * -inf): redone below
+        # A vector whose sum is below ``gate`` holds no logit above the k-th best nor above
+        # m + _SLACK (each term is at most the sum); a NaN (a NaN or -inf logit, a masked lane)
+        # fails the test too. Any such vector sends the whole tile down the exact path.
+        v = d_t + s * 0.0
+        if tl.max((~(v < gate[:, None]) & rmask[:, None]).to(tl.int32)) > 0:  # first tiles, -inf / NaN, top-k
+            # the exact path: a sum reaching e^_SLACK (gate <= e^_SLACK), a NaN, a row still at m = -inf
+            fix = (~(v < _EXP_SLACK) | (m == float("-inf"))[:, None]) & rmask[:, None]
+            if tl.max(fix.to(tl.int32)) > 0:  # rare: the exact (m, d, s) of the tile
+                s = s_old
+                x_max = tl.max(x, 1)
+                move = x_max > m + _MOVE
+                if tl.max(move.to(tl.int32)) > 0:  # the row max grew: move the reference to it
+                    m_new = tl.where(move, x_max, m)
+                    m2_new = tl.where(m_new == float("-inf"), 0.0, m_new * _LOG2E)
+                    alpha = tl.where(m == float("-inf"), 0.0, tl.exp2(m2 - m2_new))[:, None]  # d = s = 0 then
+                    s = tl.where(alpha > 0.0, alpha * (s + d * (m2 - m2_new)[:, None]), 0.0)
+                    d = d * alpha
+                    m = m_new
+                    m2 = m2_new
+                y = tl.fma(x, _LOG2E, -m2[:, None])
+                e = tl.exp2(y)
+                d_t = tl.sum(tl.reshape(e, [ROWS, NV, VEC]), 2)
+                # -inf logits: 0 * -256, not 0 * -inf = NaN (a NaN logit stays NaN in d: ops.py reports it)
+                s = _fma_vec(e, tl.maximum(y, -256.0), s, ROWS, NV, VEC)
+            if EXTRACT:
+                if tl.max((~full & rmask).to(tl.int32)) > 0:  # the first tiles: compaction
+                    best, full, kth_val = _select(best, full, kth_val, x, row_ptrs + off, start - head + off,
+                                                  start, end, k, scratch_ptr, slot, K_PAD, LOG_R, LOG_V, LOG_K,
+                                                  SORT_TILE, LOG_CAP, LOG_G)
+                else:  # every row full: extract the few logits above the k-th best, largest first
+                    best, kth_val = _extract(best, kth_val, x, start - head + off, LOG_V, KEY_SHIFT)
+            elif SORT_TILE:
+                if tl.max((((tl.max(x, 1) > kth_val) | ~full) & rmask).to(tl.int32)) > 0:
+                    best, full, kth_val = _select(best, full, kth_val, x, row_ptrs + off, start - head + off,
+                                                  start, end, k, scratch_ptr, slot, K_PAD, LOG_R, LOG_V, LOG_K,
+                                                  SORT_TILE, LOG_CAP, LOG_G)
+            else:  # compaction, for full rows and for rows that are not (the bound) alike
+                best, full, kth_val = _select(best, full, kth_val, x, row_ptrs + off, start - head + off, start,
+                                              end, k, scratch_ptr, slot, K_PAD, LOG_R, LOG_V, LOG_K, SORT_TILE,
+                                              LOG_CAP, LOG_G)
+            # The next tiles take the fast path while every vector sum stays below both e^_SLACK
+            # (no overflow; after a move a sum needs a logit above m + _MOVE to reach it) and
+            # 2^(y of the k-th best) (less a margin for rounding): a sum bounds each of its terms.
+            kth_y = tl.fma(kth_val, _LOG2E, -m2)
+            gate = tl.minimum(tl.where(full, tl.exp2(kth_y) * _GATE_MARGIN, 0.0), _EXP_SLACK)
+        d += d_t
 
         if SAMPLE_FULL:
             if any_sampling:
@@ -345,9 +482,15 @@ def _junction_partials_kernel(
     if (tl.program_id(0) == 0) & (split == 0):
         tl.store(ticket_ptr, 0)  # whatever an earlier, aborted scan left there
     part = rows * S + split
+    # The tiles were taken relative to m2 = round(m log2(e)), not to m log2(e) itself: at |m| ~ 1e4
+    # that rounding (up to 5e-4) would shift lse and every log-prob. Re-base (d, s) on m exactly,
+    # once per program: y' = y - err with err = m log2(e) - m2 (one FMA, exact).
+    err = tl.where(m == float("-inf"), 0.0, tl.fma(m, _LOG2E, -m2))
+    rebase = tl.exp2(-err)
+    d_sum = tl.sum(d, 1)
     tl.store(stats_ptr + part, m, mask=rmask)
-    tl.store(stats_ptr + B * S + part, tl.sum(d, 1), mask=rmask)
-    tl.store(stats_ptr + 2 * B * S + part, tl.sum(s, 1) / _LOG2E, mask=rmask)
+    tl.store(stats_ptr + B * S + part, rebase * d_sum, mask=rmask)
+    tl.store(stats_ptr + 2 * B * S + part, rebase * (tl.sum(s, 1) - err * d_sum) / _LOG2E, mask=rmask)
     k_off = part.to(tl.int64)[:, None] * K_PAD + j
     tl.store(topk_keys_ptr + k_off, tl.where(j < k, best, _KEY_PAD), mask=rmask[:, None])
     if SAMPLE_FULL:
@@ -425,7 +568,10 @@ def _junction_merge_kernel(
     omask = rmask[:, None] & jmask[None, :]
     out_off = rows64[:, None] * k + j[None, :]
     tl.store(topk_ids_ptr + out_off, ids, mask=omask)
-    tl.store(topk_logprobs_ptr + out_off, vals - lse[:, None], mask=omask)
+    # (z - M) - log(den), not z - lse: lse ~ 1e4 in f32 would cost its ulp (1e-3) in every log-prob
+    finite = (big_m > float("-inf")) & (big_m < float("inf"))
+    logprobs = tl.where(finite[:, None], (vals - m_ref[:, None]) - log_den[:, None], vals - lse[:, None])
+    tl.store(topk_logprobs_ptr + out_off, logprobs, mask=omask)
 
     # ---- entropy in the chosen scope, gate
     if SCOPE_FULL:
@@ -505,6 +651,7 @@ class ScanPlan(NamedTuple):
     rows2: int  # rows per merge program
     warps1: int
     warps2: int
+    maxnreg1: int = 0  # register cap of the partials kernel (0: none), where programs share SMs
 
 
 def _pow2(n: int) -> int:
@@ -556,6 +703,9 @@ def plan_scan(b: int, v: int, k: int, *, num_sms: int = 132, tile: int = _TILE) 
     return ScanPlan(
         rows1=rows1, block_v=block_v, k_pad=k_pad, splits=splits, split_len=split_len, s_pad=s_pad,
         rows2=rows2, warps1=max(4, min(8, tile1 // 512)), warps2=max(1, min(8, tile2 // 128)),
+        # more programs than SMs: <= 128 registers, so two 256-thread programs fit on one SM (no
+        # spills: bench/sass_budget.py); one wave: no cap (it would only add instructions)
+        maxnreg1=_MAXNREG if programs * splits > num_sms else 0,
     )
 
 
@@ -577,7 +727,8 @@ def kernel_meta(p: ScanPlan, dtype: torch.dtype, scope_full: bool, sample_full: 
             ROWS=p.rows1, BLOCK_V=p.block_v, LOG_R=_log2(p.rows1), LOG_V=_log2(p.block_v), K_PAD=p.k_pad,
             LOG_K=_log2(p.k_pad), VEC=vec, BF16_WORDS=dtype == torch.bfloat16, SORT_TILE=p.k_pad > _MAX_COMPACT_K,
             LOG_CAP=_log2(_cap(p)), LOG_G=_log2(groups) if groups >= 2 * p.k_pad else 0, SAMPLE_FULL=sample_full,
-            num_warps=p.warps1,
+            EXTRACT=p.k_pad <= _MAX_EXTRACT_K, KEY_SHIFT={torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0),
+            num_warps=p.warps1, **({"maxnreg": p.maxnreg1} if p.maxnreg1 else {}),
         ),
         "merge": dict(
             S_PAD=p.s_pad, K_PAD=p.k_pad, LOG_R=_log2(p.rows2), LOG_K=_log2(p.k_pad),
