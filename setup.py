@@ -78,7 +78,7 @@ setup(
         "tqdm",
         "matplotlib",  # the demo's pareto plot
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "pytest-xdist"]},
     entry_points={
         "console_scripts": ["sia = sia_kernels.cli:main"],
         # vLLM loads every processor of this group in every engine; vllm itself is not a dependency.

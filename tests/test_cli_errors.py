@@ -146,10 +146,11 @@ def _wait_for(predicate, proc, timeout=60.0):
         time.sleep(0.01)
 
 
+# Real processes and real signals (~5 s each): the full suite runs them, the fast subset does not.
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code,message", [
     (signal.SIGINT, 130, "sia: interrupted"),
-    # the same path as SIGINT; the next test sends SIGTERM in the default run
-    pytest.param(signal.SIGTERM, 143, "sia: terminated (SIGTERM)", marks=pytest.mark.slow),
+    (signal.SIGTERM, 143, "sia: terminated (SIGTERM)"),
 ])
 def test_a_signal_keeps_the_finished_rows_and_resume_finishes_them(files, tmp_path, sig, code, message, capsys):
     out = tmp_path / "out.jsonl"
@@ -175,6 +176,7 @@ def test_a_signal_keeps_the_finished_rows_and_resume_finishes_them(files, tmp_pa
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_a_signal_before_the_first_row_leaves_the_old_out_intact(files, tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text('{"old": true}\n')

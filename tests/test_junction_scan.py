@@ -25,9 +25,18 @@ def with_backends(sizes, vocab=lambda s: s):
     """(backend, size) pairs to run: the Triton interpreter is too slow past V = 8k, where the
     reference and cpp cover the large vocabularies (on a GPU every backend runs every size)."""
     return [
-        (b, s) for b in BACKENDS for s in sizes
+        pytest.param(b, s, marks=pytest.mark.slow) if _heavy(b, s) else (b, s) for b in BACKENDS for s in sizes
         if not (b == "triton" and DEVICE == "cpu" and vocab(s) > INTERPRETED_MAX_V)
     ]
+
+
+def _heavy(backend, size) -> bool:
+    """The largest [B, V] cases of the slow paths on the CPU (interpreted Triton at B = 64, the
+    f32 reference at B = 64 x 151,936): the full suite runs them, the fast subset does not."""
+    if DEVICE != "cpu" or not isinstance(size, tuple):
+        return False
+    b, v = size
+    return b >= 64 and ((backend == "triton" and v >= 4096) or (backend == "reference" and v >= 100_000))
 
 
 def scan(logits, backend, **kw):

@@ -19,6 +19,9 @@ import torch
 from sia_kernels.reference import junction_scan_ref
 
 jsk = pytest.importorskip("sia_kernels.kernels.junction_scan")
+# The kernels' internals, forced through small tiles and many splits: ~1 min under the CPU
+# interpreter, so the full suite runs them and the fast subset (-m "not slow") does not.
+pytestmark = pytest.mark.slow if not torch.cuda.is_available() else []
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
