@@ -144,8 +144,7 @@ class DecodeState:
         self._deferred: list[tuple[torch.Tensor, Callable[[list[int]], None]]] = []
         self.padded = any(n != self.prompt_width for n in self.prompt_lengths)  # some row is left-padded
         self._last_positions = torch.tensor(self.prompt_lengths, dtype=torch.long, device=self.device)[:, None] - 1
-        self._taus: dict[float, torch.Tensor] = {}
-        self._temperatures: dict[float, torch.Tensor] = {}  # [B] f32 per temperature, as the scan takes it
+        self._rows: dict[float, torch.Tensor] = {}  # constant [B] f32 rows (thresholds, temperatures)
         self._scan_fn = None  # the resolved backend, bound at the first scan (see scan())
         self._scan_key = None
         self.value_model = vm
@@ -202,16 +201,12 @@ class DecodeState:
         w = self._vwidth - self.step
         return self._vids[:, :w], self._vmask[:, :w]
 
-    def full(self, x: float) -> torch.Tensor:
-        """``[B]`` f32 filled with ``x`` on the batch's device."""
-        return torch.full((self.batch_size,), x, dtype=torch.float32, device=self.device)
-
-    def tau_row(self, x: float) -> torch.Tensor:
-        """``[B]`` f32 filled with ``x``, made once per value and shared: read-only (the gates'
-        constant thresholds; ``gate_tau`` never writes into it)."""
-        t = self._taus.get(x)
+    def constant_row(self, x: float) -> torch.Tensor:
+        """``[B]`` f32 filled with ``x`` on the batch's device, made once per value and shared:
+        read-only (the gates' thresholds, the scan's temperature; nothing writes into them)."""
+        t = self._rows.get(x)
         if t is None:
-            t = self._taus[x] = self.full(x)
+            t = self._rows[x] = torch.full((self.batch_size,), x, dtype=torch.float32, device=self.device)
         return t
 
     @property
@@ -234,10 +229,7 @@ class DecodeState:
         backend; later calls like it call that backend directly (``tau`` comes from the gate: a
         ``[B]`` f32 tensor)."""
         cfg = config or self.config
-        temperature = 0.0 if cfg.greedy else cfg.temperature
-        temp = self._temperatures.get(temperature)
-        if temp is None:
-            temp = self._temperatures[temperature] = self.full(temperature)
+        temp = self.constant_row(0.0 if cfg.greedy else cfg.temperature)
         key = (logits.dtype, logits.shape, logits.stride(1) == 1, cfg.k, cfg.backend)
         if key == self._scan_key:
             return self._scan_fn(logits, k=cfg.k, tau=tau, temperature=temp, entropy_scope=cfg.entropy_scope,

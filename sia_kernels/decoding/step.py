@@ -39,15 +39,15 @@ _INF = math.inf
 # A gate is a per-row threshold: junction = H > tau. -inf steers the row, +inf leaves it alone.
 
 def _gate_entropy(state: "DecodeState", config: SIAConfig) -> torch.Tensor:
-    return state.tau_row(state.tau)
+    return state.constant_row(state.tau)
 
 
 def _gate_always(state, config) -> torch.Tensor:
-    return state.tau_row(-_INF)
+    return state.constant_row(-_INF)
 
 
 def _gate_never(state, config) -> torch.Tensor:
-    return state.tau_row(_INF)
+    return state.constant_row(_INF)
 
 
 def _gate_random(state, config) -> torch.Tensor:
@@ -56,7 +56,7 @@ def _gate_random(state, config) -> torch.Tensor:
 
 
 def _gate_target_rate(state, config) -> torch.Tensor:
-    return state.tau_row(state.tau)  # calibrated from entropy quantiles (generate.calibrate_tau)
+    return state.constant_row(state.tau)  # calibrated from entropy quantiles (generate.calibrate_tau)
 
 
 GATE_FUNCTIONS = {
@@ -73,7 +73,7 @@ def gate_tau(state: "DecodeState", config: SIAConfig) -> torch.Tensor:
     """Per-row tau ``[B]`` f32 for this step: the first ``config.first_n`` generated positions
     are always steered, then the gate decides; finished rows get +inf (never scored)."""
     if config.first_n is not None and state.step < config.first_n:
-        tau = state.tau_row(-_INF)
+        tau = state.constant_row(-_INF)
     else:
         tau = GATE_FUNCTIONS[config.gate](state, config)
     return tau if state.eos is None else tau.masked_fill(state.finished, _INF)  # no EOS: no row finishes
