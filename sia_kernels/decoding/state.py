@@ -17,6 +17,7 @@ import torch
 from ..config import SIAConfig
 from ..ops import junction_scan_nosync, resolve_backend
 from ..types import JunctionScan
+from ..value.checks import read_ids
 
 __all__ = ["DecodeState", "StepStats"]
 
@@ -61,18 +62,11 @@ def _read_prompt(name: str, ids, mask, vocab: int | None = None) -> tuple[torch.
     if mask.device != ids.device:
         raise ValueError(f"the attention mask of {name} is on {mask.device} but the ids are on {ids.device}")
     mask = mask.bool()
-    unpadded = (mask[:, :-1] & ~mask[:, 1:]).any().long().reshape(1)
-    real = torch.where(mask, ids.long(), 0)
-    packed = torch.cat([unpadded, real.amin().reshape(1), real.amax().reshape(1), mask.long().sum(-1)]).tolist()
-    lengths = packed[3:]
-    if vocab is not None and (packed[1] < 0 or packed[2] >= vocab):
-        raise ValueError(f"{name} hold token ids outside the value model's vocabulary [0, {vocab})")
+    lengths = read_ids(name, ids, mask, vocab, left_padded=True)
     empty = [i for i, n in enumerate(lengths) if n == 0]
     if empty:
         more = f"; also rows {empty[1:9]}" if len(empty) > 1 else ""
         raise ValueError(f"prompt {empty[0]} is empty (no real tokens){more}")
-    if packed[0]:
-        raise ValueError("prompts must be left-padded (attention_mask 0s before the 1s in every row)")
     return ids.long(), mask, lengths
 
 

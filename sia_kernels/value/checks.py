@@ -30,9 +30,9 @@ def check_mask(name, mask, shape, device):
     return mask.bool()
 
 
-def read_ids(name, ids, valid, vocab_size, *, left_padded=False) -> list[int]:
+def read_ids(name, ids, valid, vocab_size=None, *, left_padded=False) -> list[int]:
     """The boundary check, in one host read: the real (``valid``) ids lie in ``[0, vocab_size)``
-    (and, with ``left_padded``, every row is left-padded). Returns the real tokens per row."""
+    (when given; and, with ``left_padded``, every row is left-padded). Returns the real tokens per row."""
     B = ids.shape[0]
     if ids.numel() == 0:
         return [0] * B
@@ -41,7 +41,7 @@ def read_ids(name, ids, valid, vocab_size, *, left_padded=False) -> list[int]:
     if left_padded and ids.shape[1] > 1:
         flags.append((valid[:, :-1] & ~valid[:, 1:]).any().long().reshape(1))
     packed = torch.cat(flags + [valid.long().sum(-1)]).tolist()
-    if packed[0] < 0 or packed[1] >= vocab_size:
+    if vocab_size is not None and (packed[0] < 0 or packed[1] >= vocab_size):
         raise ValueError(f"{name} holds token ids outside the value model's vocabulary [0, {vocab_size})")
     if left_padded and ids.shape[1] > 1 and packed[2]:
         raise ValueError(f"the mask of {name} must be left-padded (0s before the 1s in every row)")
