@@ -11,6 +11,7 @@ from vllm.logger import init_logger
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from ...ops import junction_scan
+from ...value.padding import pad_left
 from .accounting import RequestRow, RequestStats
 from .admission import NO_VALUE_MODEL, V2_MESSAGE, engine_problem, front_end
 from .options import DTYPES, engine_settings, request_options
@@ -24,16 +25,6 @@ except ImportError:
 logger = init_logger("vllm.sia_kernels")  # under "vllm": vLLM's log handlers and format apply
 
 FINISHED_KEPT = 4096  # accounting records of finished requests kept per processor
-
-
-def _left_pad(seqs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    L = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), L, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, L - len(s):] = True
-    return ids.to(device), mask.to(device)
 
 
 class SIALogitsProcessor(*_BASES):
@@ -232,7 +223,7 @@ class SIALogitsProcessor(*_BASES):
         for a in range(0, len(rows), chunk):
             part = rows[a:a + chunk]
             seqs = [r.prompt + list(r.output) for r in part]
-            ids, mask = _left_pad(seqs, vm.device)
+            ids, mask = pad_left(seqs, 0, vm.device)
             out.append(vm.score_candidates(ids, mask, cand[a:a + len(part)].to(vm.device), mode="prefix"))
             for r, s in zip(part, seqs):
                 r.stats.junctions += 1
