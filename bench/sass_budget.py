@@ -84,7 +84,7 @@ _TL = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
 # Argument types of the two kernels, by name (pointers are 16-byte aligned torch allocations).
 _ARG_TYPES = {
     "logits_ptr": None, "temperature_ptr": "*fp32", "seed_ptr": "*i64", "stats_ptr": "*fp32",
-    "topk_keys_ptr": "*i64", "gumbel_keys_ptr": "*i64", "scratch_ptr": "*i32",
+    "topk_keys_ptr": "*i64", "gumbel_keys_ptr": "*i64",
     "tau_ptr": "*fp32", "ticket_ptr": "*i32",
     "entropy_ptr": "*fp32", "lse_ptr": "*fp32", "gate_ptr": "*u8", "topk_ids_ptr": "*i64",
     "topk_logprobs_ptr": "*fp32", "base_token_ptr": "*i64", "junction_rows_ptr": "*i64",
@@ -212,7 +212,7 @@ def _size(cfg: Cfg, x: int) -> int:
     return cfg.blocks[x][1] - cfg.blocks[x][0] + 1
 
 
-def _dist(cfg: Cfg, body: frozenset, src: int, back: set) -> dict[int, float]:
+def _dist(cfg: Cfg, body, src: int, back: set) -> dict[int, float]:
     """Fewest instructions from the start of block ``src`` to the end of each block of
     ``body``, without the back edges ``back`` (Dijkstra)."""
     import heapq
@@ -230,78 +230,106 @@ def _dist(cfg: Cfg, body: frozenset, src: int, back: set) -> dict[int, float]:
     return dist
 
 
-def loop_costs(code: list[Instr]) -> dict:
-    """Costs (instructions a warp issues) of the partials kernel's streaming loop, by path:
+def _through(cfg: Cfg, body, back: set, src: int, stops: list[int]) -> float:
+    """Fewest instructions from ``src`` through ``stops`` (in order), end of the last included."""
+    total, at = 0.0, src
+    for x in stops:
+        dist = _dist(cfg, body, at, back)
+        if x not in dist:
+            return math.inf
+        total += dist[x] - (_size(cfg, at) if total else 0)
+        at = x
+    return total
 
-    ``stream``: one body tile on the cheapest path (no branch taken that can be avoided: the
-    fast path). ``first``: a tile that takes the exact path (the recompute of (m, d, s), found
-    as the block with the most MUFU.EX2 off the stream path) and one round of the compaction
-    (the loop with the scratch stores); ``insert``: one iteration of its inner loop (one
-    candidate inserted). ``extract``: a tile through the extraction loop's header (the nested
-    loop without loads or stores) leaving it at once; ``extract_step``: one iteration of it
-    (one candidate); without that loop, the compaction as in ``first`` less the exact path.
-    Without nested loops (the bitonic top-k, K_PAD > 64), ``first`` = ``extract`` = the
-    costliest forward path and the steps are 0. ``outside``: instructions outside the main
-    loop; ``path``: the stream path's instructions."""
+
+def loop_costs(code: list[Instr]) -> dict:
+    """Costs (instructions a warp issues) of the partials kernel, by path. The kernel peels a
+    split's head tile (straight-line code) and its masked tail tiles (the tail loop, predicated
+    loads) off the body tiles (unpredicated 128-bit loads; unrolled, plus a one-tile remainder
+    loop); every tile holds the same selection, a *round* loop (one gathered vector per slot)
+    around a *step* loop (one candidate each).
+
+    ``stream``: one body-loop iteration on the cheapest path (no tile leaves the fast path),
+    with ``loads`` its global loads (the tiles it covers). ``extract``: a body tile that takes
+    the selection with one round and no step (the one-tile loop); ``round`` / ``step``: one
+    more iteration of those loops. ``outside``: entry to exit outside every loop, through the
+    head tile's exact path (the block with the most MUFU.EX2: the (m, d, s) recompute) and
+    one of its rounds. ``tail``: one tail-loop iteration through its exact path and one round.
+    Without round loops (the bitonic top-k, K_PAD > 64) ``extract`` and the head's and tail's
+    selection take the costliest forward path (a bitonic sort of the tile) and the rounds and
+    steps cost 0. ``path``: the stream path's instructions."""
     cfg = build_cfg(code)
+    n = len(cfg.blocks)
     instrs = lambda x: code[cfg.blocks[x][0]:cfg.blocks[x][1] + 1]  # noqa: E731
     has = lambda blocks, op: any(op in ins.text for x in blocks for ins in instrs(x))  # noqa: E731
-    head, latch, body = next(lp for lp in cfg.loops if has(lp[2], "LDG"))  # the streaming loop
+    loads = lambda blocks: [ins for x in blocks for ins in instrs(x) if re.search(r"\bLDG\b", ins.text)]  # noqa: E731
     back = {(lp[1], lp[0]) for lp in cfg.loops}
-    fwd = _dist(cfg, body, head, back)
-    stream = fwd[latch]
+    ldg_loops = [lp for lp in cfg.loops if loads(lp[2])]
+    body_loops = [lp for lp in ldg_loops if not any(i.text.startswith("@") for i in loads(lp[2]))]
+    tail_loops = [lp for lp in ldg_loops if lp not in body_loops]
+    inner = [lp for lp in cfg.loops if lp not in ldg_loops]
+    rounds = [lp for lp in inner if any(o is not lp and o[0] in lp[2] for o in inner)]
+    steps = [lp for lp in inner if lp not in rounds and any(lp[0] in r[2] for r in rounds)]
+    iteration = lambda lp: _dist(cfg, lp[2], lp[0], back)[lp[1]]  # noqa: E731
+    ex2 = lambda x: sum("MUFU.EX2" in ins.text for ins in instrs(x))  # noqa: E731
 
-    def through(*blocks):  # cheapest head -> blocks (in order) -> latch
-        total, at = 0, head
-        for x in blocks + (latch,):
-            dist = _dist(cfg, body, at, back)
-            if x not in dist:
-                return math.inf
-            total += dist[x] - (_size(cfg, at) if at != head or total else 0)
-            at = x
-        return total
+    def stream_path(lp):
+        head, latch, body = lp
+        fwd = _dist(cfg, body, head, back)
+        path, x = [], latch
+        while True:
+            path.append(x)
+            if x == head:
+                return fwd[latch], path
+            x = min((p for p in body if x in cfg.succ[p] and (p, x) not in back and p in fwd), key=lambda p: fwd[p])
 
-    def iteration(lp):
-        return _dist(cfg, lp[2], lp[0], back)[lp[1]]
+    main = max(body_loops, key=lambda lp: len(loads(stream_path(lp)[1])))
+    single = min(body_loops, key=lambda lp: len(loads(stream_path(lp)[1])))
+    stream, path = stream_path(main)
+    nested = lambda region: [lp for lp in inner if lp[0] in region]  # noqa: E731
 
-    # the stream path's blocks
-    path, x = [], latch
-    while True:
-        path.append(x)
-        if x == head:
-            break
-        x = min((p for p in body if x in cfg.succ[p] and (p, x) not in back and p in fwd), key=lambda p: fwd[p])
-    nested = [lp for lp in cfg.loops if lp[0] in body and lp[0] != head and len(lp[2]) + _size(cfg, lp[0]) > 2]
-    leaves = [lp for lp in nested if not any(o[0] in lp[2] and o[0] != lp[0] for o in nested)]
-    compacts = [lp for lp in nested if has(lp[2], "STG")]  # the compaction's scratch stores
-    inserts = [lp for lp in leaves if has(lp[2], "LDG") and not has(lp[2], "STG")]  # one candidate each
-    extracts = [lp for lp in leaves if not has(lp[2], "LDG") and not has(lp[2], "STG")]
-    if compacts:
-        ex2 = lambda x: sum("MUFU.EX2" in ins.text for ins in instrs(x))  # noqa: E731
-        fix = max((x for x in body if x not in path and not any(x in lp[2] for lp in nested)), key=ex2)
-        # where the kernel holds two copies of the compaction, the first tile's is the costlier
-        first = max(through(fix, lp[0]) for lp in compacts)
-        insert = iteration(inserts[-1]) if inserts else 0
-        if extracts:
-            extract_step = iteration(extracts[0])
-            # a rotated loop (test at the bottom, one block) is entered only with a candidate
-            extract = through(extracts[0][0]) - (extract_step if extracts[0][0] == extracts[0][1] else 0)
-        else:  # later tiles compact too
-            extract, extract_step = min(through(lp[0]) for lp in compacts), insert
-    else:  # costliest forward path (the bitonic selection is the longest branch)
-        order = sorted(body, key=lambda x: cfg.blocks[x][0])
-        longest = {head: _size(cfg, head)}
+    def fix_block(region, path_blocks):  # the exact path's recompute: most exp2 off the stream path
+        cands = [x for x in region if x not in path_blocks and not any(x in lp[2] for lp in nested(region))]
+        return max(cands, key=ex2) if cands else None
+
+    def longest(region, src, dst):
+        order = sorted(region, key=lambda x: cfg.blocks[x][0])
+        best = {src: _size(cfg, src)}
         for _ in range(len(order)):
             for x in order:
                 for y in cfg.succ[x]:
-                    if x in longest and y in body and (x, y) not in back:
-                        longest[y] = max(longest.get(y, 0), longest[x] + _size(cfg, y))
-        first = extract = longest[latch]
-        insert = extract_step = 0
-    path_instr = [ins for b in path for ins in instrs(b)]
-    in_body = sum(_size(cfg, x) for x in body)
-    return dict(stream=stream, first=first, insert=insert, extract=extract, extract_step=extract_step,
-                outside=len(code) - in_body, path=path_instr)
+                    if x in best and y in region and (x, y) not in back:
+                        best[y] = max(best.get(y, 0), best[x] + _size(cfg, y))
+        return best.get(dst, math.inf)
+
+    outside_region = frozenset(x for x in range(n) if not any(x in lp[2] for lp in ldg_loops))
+    exits = [x for x in range(n) if not cfg.succ[x]]
+    head_rounds = [lp for lp in rounds if lp[0] in outside_region]
+    all_blocks = frozenset(range(n))
+    fix_head = fix_block(outside_region, set())
+    to_exit = lambda dist: min(dist.get(x, math.inf) for x in exits)  # noqa: E731
+    if rounds:
+        s_round = next(lp for lp in rounds if lp[0] in single[2])
+        stp = next(lp for lp in steps if lp[0] in s_round[2])
+        round_cost, step_cost = iteration(s_round), iteration(stp)
+        extract = _through(cfg, single[2], back, single[0], [s_round[0], single[1]])
+        via = [fix_head, head_rounds[0][0]]
+        outside = _through(cfg, all_blocks, back, 0, via) + to_exit(_dist(cfg, all_blocks, head_rounds[0][0], back)) \
+            - _size(cfg, head_rounds[0][0])
+    else:
+        round_cost = step_cost = 0
+        extract = longest(single[2], single[0], single[1])
+        outside = to_exit(_dist(cfg, all_blocks, 0, back)) + longest(outside_region, 0, max(outside_region))
+    tail = 0.0
+    if tail_loops:
+        tl_ = tail_loops[0]
+        fix_t = fix_block(tl_[2], set(stream_path(tl_)[1]))
+        t_round = [lp for lp in rounds if lp[0] in tl_[2]]
+        stops = [fix_t] + ([t_round[0][0]] if t_round else []) + [tl_[1]]
+        tail = _through(cfg, tl_[2], back, tl_[0], stops) if t_round else longest(tl_[2], tl_[0], tl_[1])
+    return dict(stream=stream, loads=len(loads(path)), extract=extract, single=stream_path(single)[0],
+                round=round_cost, step=step_cost, outside=outside, tail=tail,
+                path=[ins for b in path for ins in instrs(b)])
 
 
 def loads_vectorized(path: list[Instr]) -> bool:
@@ -310,18 +338,18 @@ def loads_vectorized(path: list[Instr]) -> bool:
     return bool(lds) and all(".128" in t for t in lds)
 
 
-def selection_model(n_tiles: int, k: int, rows: int, groups: int) -> tuple[float, float, float]:
-    """Random order (logits in random order along the row): tile t of a program holds k / t of
-    the running top-k in expectation. Returns (candidates the first tile's compaction inserts,
-    later tiles that run the extraction, candidates those insert). The first tile's bound (the
-    k-th largest of ``groups`` group maxima) admits about k (1 + k / (2 groups)), the top ones
-    that share a group; tile t >= 2 holds one of them with probability 1 - (1 - 1/t)^k. With
-    several rows in a program the busiest row sets the pace (~ mean + sqrt(2 mean ln rows))."""
+def selection_model(n_tiles: int, k: int, rows: int, rounds: int) -> dict:
+    """Random order (logits in random order along the row): of the running top-k after the
+    tiles before, tile t holds k / t in expectation, each inserted by one step. The head
+    tile's rounds (``rounds`` gathered vectors per slot) insert k, then k / r in round r.
+    Returns the head's steps and, for tiles t >= 2, the probability that it runs the
+    selection and its expected steps. With several rows in a program the busiest row sets the
+    pace (~ mean + sqrt(2 mean ln rows))."""
     busiest = lambda lam: lam + math.sqrt(2 * lam * math.log(rows))  # noqa: E731
-    first = busiest(min(k * (1 + k / (2 * groups)), 2.0**30))
-    tiles = sum(1 - ((1 - 1 / t) ** k) ** rows for t in range(2, n_tiles + 1))
-    inserts = sum(busiest(k / t) for t in range(2, n_tiles + 1))
-    return first, tiles, inserts
+    head_steps = busiest(k * sum(1 / r for r in range(1, rounds + 1)))
+    p_sel = [1 - ((1 - 1 / t) ** k) ** rows for t in range(2, n_tiles + 1)]
+    steps = [busiest(k / t) for t in range(2, n_tiles + 1)]
+    return dict(head_steps=head_steps, p_sel=p_sel, steps=steps)
 
 
 def issue_time_s(warp_instr: float, programs: int, warps: int, gpu: Gpu) -> float:
@@ -340,19 +368,25 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
     # ---- partials
     sass, use = compile_kernel("partials", arch, dtype, tuple(sorted(meta["partials"].items())))
     c = loop_costs(parse_sass(sass))
-    stream = c["stream"]
+    mp = meta["partials"]
     threads = 32 * p.warps1
     per_thread = p.rows1 * p.block_v / threads
-    n_tiles = math.ceil((p.split_len + meta["partials"]["VEC"] - 1) / p.block_v)
-    log_g = meta["partials"]["LOG_G"]
-    first_inserts, sel_tiles, sel_steps = selection_model(n_tiles, k, p.rows1, 2**log_g if log_g else p.block_v)
-    w1 = (c["outside"] + c["first"] + first_inserts * c["insert"] + (n_tiles - 1 - sel_tiles) * stream
-          + sel_tiles * c["extract"] + sel_steps * c["extract_step"])
+    per_iter = c["loads"] * mp["VEC"]  # elements a thread loads per body-loop iteration
+    stream = c["stream"] * per_thread / per_iter  # per tile
+    n_tiles = math.ceil((p.split_len + mp["VEC"] - 1) / p.block_v)
+    body_tiles = max(p.split_len // p.block_v, 1) - 1
+    tail_tiles = n_tiles - 1 - body_tiles
+    rounds = max(1, p.block_v // mp["VEC"] // mp["TT"])
+    sel = selection_model(n_tiles, k, p.rows1, rounds)
+    extra = c["extract"] - c["single"]  # a tile's selection (one round, no step) over its fast path
+    w1 = (c["outside"] + (rounds - 1) * c["round"] + sel["head_steps"] * c["step"]
+          + sum(stream + sel["p_sel"][t] * extra for t in range(body_tiles)) + tail_tiles * c["tail"]
+          + sum(sel["steps"]) * c["step"])
     programs1 = math.ceil(b / p.rows1) * p.splits
     t1 = issue_time_s(w1, programs1, p.warps1, gpu)
     instr1 = w1 * threads * programs1
     rows.append(dict(base, kernel="partials", regs=use.get("reg", 0), spill_bytes=use.get("local", 0),
-                     vectorized=loads_vectorized(c["path"]), instr_per_elem=round(stream / per_thread, 2),
+                     vectorized=loads_vectorized(c["path"]), instr_per_elem=round(c["stream"] / per_iter, 2),
                      issue_bound_us=round(t1 * 1e6, 3), hbm_floor_us=round(floor * 1e6, 3)))
     total_instr += instr1
     total_s += t1
@@ -376,9 +410,11 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
                      spill_bytes=sum(r["spill_bytes"] for r in rows), vectorized=rows[0]["vectorized"],
                      instr_per_elem=round(total_instr / (b * v), 2), issue_bound_us=round(total_s * 1e6, 3),
                      hbm_floor_us=round(floor * 1e6, 3)))
-    rows[0]["_detail"] = dict(plan=p, per_thread=per_thread, n_tiles=n_tiles, first_inserts=first_inserts,
-                              sel_tiles=sel_tiles, sel_steps=sel_steps,
-                              **{x: c[x] for x in ("stream", "first", "insert", "extract", "extract_step")})
+    rows[0]["_detail"] = dict(plan=p, per_thread=per_thread, n_tiles=n_tiles, rounds=rounds, w1=w1,
+                              head_steps=sel["head_steps"], sel_tiles=sum(sel["p_sel"][:body_tiles]),
+                              sel_steps=sum(sel["steps"]),
+                              **{x: c[x] for x in ("stream", "loads", "extract", "single", "round", "step",
+                                                   "outside", "tail")})
     return rows
 
 

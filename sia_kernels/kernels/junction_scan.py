@@ -69,15 +69,19 @@ _TILE = 4096  # elements per tile on a GPU (rows × columns)
 # same kernels take 16x larger tiles and one split there (tests/test_triton_internals.py forces
 # small tiles, many splits and small merge blocks through ``launch_scan(plan=...)``).
 _TILE_INTERPRETED = 65536
-# K_PAD up to this: once a program's rows are full, a tile's few new candidates are extracted
-# one by one (a reduction each); above: compacted (one scan per tile, cheaper per candidate)
-_MAX_EXTRACT_K = 16
-_MAXNREG = 128  # registers per thread where two programs share an SM (65,536 per SM, 256 threads each)
-_MAX_COMPACT_K = 64  # K_PAD up to this: selection by compaction; above: bitonic sort per tile
+# registers per thread of the partials kernel: three 128-thread programs fit on an SM, and the
+# loop keeps its values (ptxas alone stops at 128 and rematerialises addresses in the loop)
+_MAXNREG = 168
+_MAX_SELECT_K = 64  # K_PAD up to this: candidates extracted one by one (_extract); above: a bitonic sort per tile
 _B_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)  # plans (compiled variants) see B only through these
 
 
 # ---------------------------------------------------------------- helpers
+
+
+@triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -212,112 +216,218 @@ def _fma_vec(e, y, acc, ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr)
 
 
 @triton.jit
-def _extract(best, kth_val, x, col0, LOG_V: tl.constexpr, KEY_SHIFT: tl.constexpr):
-    """Insert the logits of ``x`` [ROWS, BLOCK_V] (lane j is column ``col0 + j``) above the k-th
-    best into ``best`` (unsorted, every row full, lanes j >= k at _KEY_TOP), one per round,
-    largest first and the lowest column among equals: an equal logit left in the tile has a
-    higher id, so ``x > kth_val`` stays the whole test. A tile that reaches this point holds a
-    few such logits at most (the running k-th best only rises); each costs three reductions."""
-    lanes = tl.arange(0, 2**LOG_V)[None, :]
-    kth = tl.min(best, 1)
-    if KEY_SHIFT >= LOG_V:  # 16-bit logits: (value, lane) in one int32, one reduction per candidate
-        # the logit's monotone int32 has KEY_SHIFT low bits of padding: the lane goes there
-        bits = (x + 0.0).to(tl.int32, bitcast=True)  # + 0.0: -0.0 -> +0.0 (equal logits, lane order)
-        mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-        lane_bits = 2**LOG_V - 1 - lanes  # the lower lane wins a tie
-        key32 = ((mono >> (KEY_SHIFT - LOG_V)) & -(2**LOG_V)) | lane_bits
-        cand = tl.where(x > kth_val[:, None], key32, -(2**31))  # NaN: never
-        c_max = tl.max(cand, 1)
-        while tl.max((c_max > -(2**31)).to(tl.int32)) > 0:
-            lane = 2**LOG_V - 1 - (c_max & (2**LOG_V - 1))
-            hi = (c_max >> LOG_V) << KEY_SHIFT
-            hi = hi | ((hi >> 31) & (2**KEY_SHIFT - 1))  # a negative's padding bits were ones
-            val = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
-            key = tl.where(c_max > -(2**31), _pack_key(val, col0 + lane), _KEY_PAD)
-            inserted = key > kth
-            best = tl.where(inserted[:, None] & (best == kth[:, None]), key[:, None], best)
-            kth = tl.min(best, 1)
-            kth_val = _key_value(kth)
-            # the rest in key order; a row whose best candidate did not enter is done
-            cand = tl.where((cand < c_max[:, None]) & inserted[:, None], cand, -(2**31))
-            c_max = tl.max(cand, 1)
+def _slot_keys(xg, lanes, cand, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
+    """Keys of the gathered logits ``xg`` at tile lanes ``lanes``: ordered by value, then the
+    lower lane, with bit 0 free (``_extract`` flags a slot's maximum there); the smallest key
+    of the type where not ``cand``. 16-bit logits (KEY_SHIFT > LOG_V): one int32, the value's
+    monotone bits above the lane (their KEY_SHIFT low bits are padding); else int64."""
+    lane_bits = (2**LOG_V - 1 - lanes) << 1
+    bits = (xg + 0.0).to(tl.int32, bitcast=True)  # + 0.0: -0.0 -> +0.0 (equal logits, lane order)
+    mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    if KEY_SHIFT > LOG_V:
+        key = ((mono >> (KEY_SHIFT - LOG_V - 1)) & -(2 ** (LOG_V + 1))) | lane_bits
+        return tl.where(cand, key, -(2**31))
     else:
-        cand = tl.where(x > kth_val[:, None], x, float("-inf"))  # NaN: never
-        c_max = tl.max(cand, 1)
-        while tl.max((c_max > kth_val).to(tl.int32)) > 0:
-            lane = tl.min(tl.where(cand == c_max[:, None], lanes, 2**LOG_V), 1)
-            key = tl.where(c_max > kth_val, _pack_key(c_max, col0 + lane), _KEY_PAD)
-            best = tl.where((key > kth)[:, None] & (best == kth[:, None]), key[:, None], best)
-            kth = tl.min(best, 1)
-            kth_val = _key_value(kth)
-            cand = tl.where(lanes == lane[:, None], float("-inf"), cand)  # the rest: tested against the new kth
-            c_max = tl.max(cand, 1)
-    return best, kth_val
+        return tl.where(cand, (mono.to(tl.int64) << 32) | lane_bits.to(tl.int64), _KEY_PAD)
 
 
 @triton.jit
-def _select(best, full, kth_val, x, tile_ptrs, col0, start, end, k, scratch, slot,
-            K_PAD: tl.constexpr, LOG_R: tl.constexpr, LOG_V: tl.constexpr, LOG_K: tl.constexpr,
-            SORT_TILE: tl.constexpr, LOG_CAP: tl.constexpr, LOG_G: tl.constexpr):
-    """Fold the tile's logits ``x`` [ROWS, BLOCK_V] (lane j is column ``col0 + j``, read from
-    ``tile_ptrs + j``; columns outside [start, end) are -inf in ``x``) that can still enter the
-    row's top-k into ``best`` [ROWS, K_PAD] packed keys. Returns best, full, kth_val (the k-th
-    best logit once the row holds k keys, else -inf).
+def _slot_key_global(c, col0, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
+    """The packed int64 key (``_pack_key``) of a ``_slot_keys`` key ``c`` [ROWS] (flag ignored)."""
+    lane = 2**LOG_V - 1 - ((c >> 1) & (2**LOG_V - 1)).to(tl.int32)
+    low = (~(col0 + lane)).to(tl.uint32, bitcast=True).to(tl.int64)
+    if KEY_SHIFT > LOG_V:
+        hi = (c >> (LOG_V + 1)) << KEY_SHIFT
+        mono = hi | ((hi >> 31) & (2**KEY_SHIFT - 1))  # a negative's padding bits were ones
+        return (mono.to(tl.int64) << 32) | low
+    else:
+        return ((c >> 32) << 32) | low
 
-    A program walks its columns in increasing order, so a later logit equal to the k-th best
-    never displaces it (higher id): once a row is full, ``x > kth_val`` is the whole test.
-    Small K: ``best`` is unsorted, its lanes j >= k parked at _KEY_TOP so that its minimum is
-    the exact k-th. The candidates' lanes are compacted (a prefix sum over the tile, 2**LOG_CAP
-    at a time, in column order) into the program's ``scratch`` slot and inserted one by one,
-    each replacing the minimum: a tile usually holds a handful, so this costs a scan, not a
-    sort. While a row is not full its bound is the k-th largest of 2**LOG_G group maxima of the
-    tile (k distinct logits reach it, so nothing below it can enter).
-    Large K: ``best`` sorted descending; a bitonic top-K of the whole tile merged into it."""
-    ROWS: tl.constexpr = 2**LOG_R
+
+@triton.jit
+def _slot_max(keys, empty):
+    """Per slot ([ROWS, TT, VEC] -> [ROWS, TT]): the largest key, bit 0 set if a second
+    candidate is left below it."""
+    more = tl.sum((keys > empty).to(tl.int32), 2) > 1
+    return tl.max(keys, 2) | more.to(keys.dtype)
+
+
+@triton.jit
+def _pick_vector(x4, pick, ROWS: tl.constexpr, REP: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr):
+    """x4 [ROWS, REP, TT, VEC] -> [ROWS, TT, VEC]: slot t's vector ``pick[:, t]`` (any if >= REP),
+    by a tree of selects on the bits of ``pick`` (REP - 1 per element, all in registers)."""
+    xs = tl.permute(x4, (0, 2, 3, 1))
+    for lvl in tl.static_range(REP.bit_length() - 1):
+        lo, hi = tl.split(tl.reshape(xs, [ROWS, TT, VEC, REP >> (lvl + 1), 2]))
+        xs = tl.where(((pick >> lvl) & 1)[:, :, None, None] != 0, hi, lo)
+    return tl.reshape(xs, [ROWS, TT, VEC])
+
+
+@triton.jit
+def _extract(best, kth, full, kth_val, x, hot, col0, start, end,
+             ROWS: tl.constexpr, REP: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
+             KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr, K_PAD: tl.constexpr, MASKED: tl.constexpr):
+    """Fold the tile's logits ``x`` [ROWS, BLOCK_V] that can enter the rows' top-k into ``best``
+    [ROWS, K_PAD] (unsorted packed keys, distinct, lanes j >= k at _KEY_TOP: its minimum ``kth``
+    is the k-th best). Returns best, kth, full, kth_val (the k-th best logit once the row holds
+    k keys, else -inf). ``MASKED``: columns outside [start, end) are not candidates.
+
+    Only 16-byte vectors flagged ``hot`` [ROWS, NV] can hold a candidate (a logit above the
+    k-th best; every valid one while the row is not full). The tile is viewed as [REP, TT,
+    VEC]: slot t (a thread on a GPU) holds vectors t, t + TT, ... A round gathers one hot vector
+    per slot (its first not yet done) and keeps each slot's largest candidate key, flagged if
+    the slot holds another; then each step takes the largest over the slots, replaces the k-th
+    best with it and, only if flagged, rescans that slot, until the largest left cannot enter.
+    Candidates enter largest first, so among equal logits the lowest column, as across tiles
+    (a later equal logit never enters a full row: ``x > kth_val`` is strict). No shared
+    scratch, no sort: a tile above the running threshold usually holds one or two candidates,
+    each costing one reduction over the slots and one over ``best``."""
+    r_idx = tl.arange(0, REP)[None, :, None]
+    t_idx = tl.arange(0, TT)[None, :, None]
+    e_idx = tl.arange(0, VEC)[None, None, :]
+    x4 = tl.reshape(x, [ROWS, REP, TT, VEC])
+    hot3 = tl.reshape(hot, [ROWS, REP, TT])
+    if KEY_SHIFT > LOG_V:
+        empty = -(2**31)  # below every candidate's key
+    else:
+        empty = _KEY_PAD
+    while tl.max(hot3.to(tl.int32)) > 0:
+        pick = tl.min(tl.where(hot3, r_idx, REP), 1)  # [ROWS, TT]: the slot's first hot vector
+        sel = r_idx == pick[:, None, :]
+        xg = _pick_vector(x4, pick, ROWS, REP, TT, VEC)
+        lanes = (pick[:, :, None] * TT + t_idx) * VEC + e_idx
+        cand = ((xg > kth_val[:, None, None]) | ~full[:, None, None]) & (pick < REP)[:, :, None]
+        if MASKED:
+            cols = col0[:, None, None] + lanes
+            cand = cand & (cols >= start) & (cols < end)
+        keys = _slot_keys(xg, lanes, cand, KEY_SHIFT, LOG_V)
+        m1 = _slot_max(keys, empty)  # [ROWS, TT]
+        c = tl.max(m1, 1)
+        gk = _slot_key_global(c, col0, KEY_SHIFT, LOG_V)
+        viable = (c > empty) & (gk > kth)
+        while tl.max(viable.to(tl.int32)) > 0:
+            best = tl.where(viable[:, None] & (best == kth[:, None]), gk[:, None], best)
+            kth = tl.min(best, 1)
+            owner = (m1 == c[:, None]) & viable[:, None]
+            if tl.max(((c & 1) != 0).to(tl.int32)) > 0:  # the owner holds more: its next one
+                below = tl.where(keys < (c & -2)[:, None, None], keys, empty)
+                m1 = tl.where(owner, _slot_max(below, empty), m1)
+            else:
+                m1 = tl.where(owner, empty, m1)
+            c = tl.max(m1, 1)
+            gk = _slot_key_global(c, col0, KEY_SHIFT, LOG_V)
+            viable = (c > empty) & (gk > kth)
+        full = kth > _KEY_PAD + K_PAD
+        kth_val = tl.where(full, _key_value(kth), float("-inf"))
+        hot3 = hot3 & ~sel
+    return best, kth, full, kth_val
+
+
+@triton.jit
+def _sort_select(best, full, kth_val, x, col0, start, end, k,
+                 K_PAD: tl.constexpr, LOG_R: tl.constexpr, LOG_V: tl.constexpr, LOG_K: tl.constexpr):
+    """Large K (K_PAD > 64): ``best`` [ROWS, K_PAD] sorted descending; a bitonic top-K of the
+    tile's candidates (columns outside [start, end) excluded) merged into it."""
     lanes = tl.arange(0, 2**LOG_V)[None, :]
     j = tl.arange(0, K_PAD)[None, :]
-    if SORT_TILE:
-        cols = col0[:, None] + lanes
-        valid = (cols >= start) & (cols < end)
-        keys = tl.where(valid & ((x > kth_val[:, None]) | ~full[:, None]), _pack_key(x, cols), _KEY_PAD)
-        best = _merge_sorted(best, _bitonic_topk(keys, LOG_R, LOG_V, LOG_K, 0), LOG_R, LOG_K)
-        kth = tl.max(tl.where(j == k - 1, best, _KEY_PAD), 1)
-    else:
-        avail = x > kth_val[:, None]  # full rows (columns outside the split are -inf: never above)
-        if tl.max((~full).to(tl.int32)) > 0:  # the program's first tiles only
-            cols = col0[:, None] + lanes
-            valid = (cols >= start) & (cols < end)
-            bound = tl.full([ROWS], float("-inf"), tl.float32)
-            if LOG_G > 0:
-                xv = tl.where(valid, x, float("-inf"))
-                group_max = tl.max(tl.reshape(xv, [ROWS, 2**LOG_G, 2**(LOG_V - LOG_G)]), 2)
-                top = _bitonic_topk(group_max, LOG_R, LOG_G, LOG_K, 1)
-                bound = tl.max(tl.where(j == k - 1, top, float("-inf")), 1)
-            avail = tl.where(full[:, None], avail, valid & (x >= bound[:, None]))
-        kth = tl.min(best, 1)
-        over = tl.full([], 1, tl.int32)
-        while over > 0:
-            c = avail.to(tl.int32)
-            pos = tl.cumsum(c, 1) - c
-            take = avail & (pos < 2**LOG_CAP)
-            tl.store(scratch + slot[:, None] + pos, lanes, mask=take)
-            tl.debug_barrier()  # the tile's stores before its loads
-            total = tl.sum(c, 1)
-            n = tl.minimum(total, 2**LOG_CAP)
-            for i in range(0, tl.max(n)):
-                lane = tl.load(scratch + slot + i, mask=i < n, other=0)
-                xi = tl.load(tile_ptrs + lane, mask=i < n, other=0.0).to(tl.float32)  # cached: just read
-                key = tl.where(i < n, _pack_key(xi, col0 + lane), _KEY_PAD)
-                best = tl.where((key > kth)[:, None] & (best == kth[:, None]), key[:, None], best)
-                kth = tl.min(best, 1)
-            tl.debug_barrier()  # every load done before the next round's stores
-            full = kth > _KEY_PAD + K_PAD
-            kth_val = tl.where(full, _key_value(kth), float("-inf"))
-            over = tl.max(total) - 2**LOG_CAP
-            if over > 0:  # rare (ties, sorted rows): the next 2**LOG_CAP candidates
-                avail = avail & ~take & ((x > kth_val[:, None]) | ~full[:, None])
+    cols = col0[:, None] + lanes
+    valid = (cols >= start) & (cols < end)
+    keys = tl.where(valid & ((x > kth_val[:, None]) | ~full[:, None]), _pack_key(x, cols), _KEY_PAD)
+    best = _merge_sorted(best, _bitonic_topk(keys, LOG_R, LOG_V, LOG_K, 0), LOG_R, LOG_K)
+    kth = tl.max(tl.where(j == k - 1, best, _KEY_PAD), 1)
     full = kth > _KEY_PAD + K_PAD
     return best, full, tl.where(full, _key_value(kth), float("-inf"))
+
+
+@triton.jit
+def _load_tile(row_ptrs, off, col0, start, end, MASKED: tl.constexpr, BF16_WORDS: tl.constexpr,
+               ROWS: tl.constexpr, BLOCK_V: tl.constexpr):
+    """The tile ``off`` columns into the rows' split as float32 [ROWS, BLOCK_V]: masked (-inf
+    outside columns [start, end); lane 0 is column ``col0 + off``) for a split's head and tail
+    tiles, else unmasked 128-bit loads."""
+    lanes = tl.arange(0, BLOCK_V)[None, :]
+    if MASKED:
+        cols = col0[:, None] + off + lanes
+        x = tl.load(row_ptrs[:, None] + off + lanes, mask=(cols >= start) & (cols < end), other=float("-inf"))
+        x = x.to(tl.float32)
+    elif BF16_WORDS:  # bf16 pairs as 32-bit words: one shift or one and per element
+        half = tl.arange(0, BLOCK_V // 2)[None, :]
+        words = tl.load(row_ptrs.to(tl.pointer_type(tl.int32))[:, None] + off // 2 + half)
+        lo = (words << 16).to(tl.float32, bitcast=True)
+        hi = (words & -65536).to(tl.float32, bitcast=True)
+        x = tl.reshape(tl.join(lo, hi), [ROWS, BLOCK_V])
+    else:  # 128-bit loads, no mask: bf16/f16 rows are read at their own width
+        x = tl.load(row_ptrs[:, None] + off + lanes).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _tile(x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, kth_val, gbest,
+          k, t, sampling, any_sampling, seed,
+          ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr, TT: tl.constexpr, LOG_R: tl.constexpr,
+          LOG_V: tl.constexpr, K_PAD: tl.constexpr, LOG_K: tl.constexpr, KEY_SHIFT: tl.constexpr,
+          SORT_TILE: tl.constexpr, SAMPLE_FULL: tl.constexpr, MASKED: tl.constexpr):
+    """One tile ``x`` [ROWS, BLOCK_V] (lane 0 is column ``col0`` [ROWS]) folded into the
+    program's state (m, m2, d, s, gate, best, kth, full, kth_val, gbest); returns the state."""
+    # Fast path, per element: one FFMA, one exp2, one add, one FFMA (no max, no clamp). The FMA
+    # is explicit: x log2(e) unrounded before m2 is taken off, so |z| ~ 1e4 keeps its precision
+    # (rounding x log2(e) first costs ~1e-3 in y, and 1e-3 relative entropy), in the interpreter too.
+    y = tl.fma(x, _LOG2E, -m2[:, None])
+    e = tl.exp2(y)
+    d_t = tl.sum(tl.reshape(e, [ROWS, NV, VEC]), 2)
+    s_old = s
+    s = _fma_vec(e, y, s, ROWS, NV, VEC)  # NaN if a logit is -inf (0 * -inf): redone below
+    # A vector whose sum is below ``gate`` holds no logit above the k-th best nor above
+    # m + _SLACK (each term is at most the sum); a NaN (a NaN or -inf logit, a masked lane)
+    # fails the test too. Any such vector sends the whole tile down the exact path.
+    v = d_t + s * 0.0
+    v_max = tl.reduce(tl.reshape(v, [ROWS, NV // TT, TT]), 1, _max_nan)  # a thread's own vectors: no shuffles
+    if tl.max((~(v_max < gate[:, None]) & rmask[:, None]).to(tl.int32)) > 0:  # first tiles, -inf / NaN, top-k
+        # the exact path: a sum reaching e^_SLACK (gate <= e^_SLACK), a NaN, a row still at m = -inf
+        fix = (~(v < _EXP_SLACK) | (m == float("-inf"))[:, None]) & rmask[:, None]
+        if tl.max(fix.to(tl.int32)) > 0:  # rare: the exact (m, d, s) of the tile
+            s = s_old
+            x_max = tl.max(x, 1)
+            move = x_max > m + _MOVE
+            if tl.max(move.to(tl.int32)) > 0:  # the row max grew: move the reference to it
+                m_new = tl.where(move, x_max, m)
+                m2_new = tl.where(m_new == float("-inf"), 0.0, m_new * _LOG2E)
+                alpha = tl.where(m == float("-inf"), 0.0, tl.exp2(m2 - m2_new))[:, None]  # d = s = 0 then
+                s = tl.where(alpha > 0.0, alpha * (s + d * (m2 - m2_new)[:, None]), 0.0)
+                d = d * alpha
+                m = m_new
+                m2 = m2_new
+            y = tl.fma(x, _LOG2E, -m2[:, None])
+            e = tl.exp2(y)
+            d_t = tl.sum(tl.reshape(e, [ROWS, NV, VEC]), 2)
+            # -inf logits: 0 * -256, not 0 * -inf = NaN (a NaN logit stays NaN in d: ops.py reports it)
+            s = _fma_vec(e, tl.maximum(y, -256.0), s, ROWS, NV, VEC)
+        if SORT_TILE:
+            if tl.max((((tl.max(x, 1) > kth_val) | ~full) & rmask).to(tl.int32)) > 0:
+                best, full, kth_val = _sort_select(best, full, kth_val, x, col0, start, end, k,
+                                                   K_PAD, LOG_R, LOG_V, LOG_K)
+        else:
+            # hot: vectors that can hold a candidate (a sum bounds each of its terms; all
+            # while the row is not full), against the k-th best and the current reference
+            gate_now = tl.where(full, tl.exp2(tl.fma(kth_val, _LOG2E, -m2)) * _GATE_MARGIN, 0.0)
+            hot = ~(d_t < gate_now[:, None]) & rmask[:, None]
+            best, kth, full, kth_val = _extract(best, kth, full, kth_val, x, hot, col0, start,
+                                                end, ROWS, NV // TT, TT, VEC, KEY_SHIFT, LOG_V, K_PAD, MASKED)
+        # The next tiles take the fast path while every vector sum stays below both e^_SLACK
+        # (no overflow; after a move a sum needs a logit above m + _MOVE to reach it) and
+        # 2^(y of the k-th best) (less a margin for rounding): a sum bounds each of its terms.
+        kth_y = tl.fma(kth_val, _LOG2E, -m2)
+        gate = tl.minimum(tl.where(full, tl.exp2(kth_y) * _GATE_MARGIN, 0.0), _EXP_SLACK)
+    d += d_t
+
+    if SAMPLE_FULL:
+        if any_sampling:
+            cols = col0[:, None] + tl.arange(0, NV * VEC)[None, :]
+            g = _gumbel(seed, rows[:, None], cols)
+            valid = (cols >= start) & (cols < end)
+            gk = tl.where(valid & sampling[:, None], _pack_key(tl.fma(t[:, None], g, x), cols), _KEY_PAD)
+            gbest = tl.maximum(gbest, tl.max(gk, 1))
+    return m, m2, d, s, gate, best, kth, full, kth_val, gbest
 
 
 # ---------------------------------------------------------------- kernel 1: partials
@@ -332,7 +442,6 @@ def _junction_partials_kernel(
     stats_ptr,  # out [3, B, S] f32: m, d, s per (row, split)
     topk_keys_ptr,  # out [B, S, K_PAD] i64: packed top-k keys of the split (padding past k)
     gumbel_keys_ptr,  # out [B, S] i64: packed argmax of z + T * Gumbel over the split
-    scratch_ptr,  # [programs * ROWS * 2**LOG_CAP] i32: the selection's compaction buffer
     ticket_ptr,  # [1] i32: the merge kernel's ticket, zeroed here (this launch runs before it)
     # sizes
     B,
@@ -352,11 +461,9 @@ def _junction_partials_kernel(
     LOG_K: tl.constexpr,  # log2(K_PAD)
     VEC: tl.constexpr,  # elements per 16 bytes
     BF16_WORDS: tl.constexpr,  # bf16 logits: body tiles read as int32 words (cheaper upcast)
-    SORT_TILE: tl.constexpr,  # top-k by bitonic sort of each tile (large K) or by compaction
-    LOG_CAP: tl.constexpr,  # log2(candidates merged per compaction round), >= LOG_K
-    LOG_G: tl.constexpr,  # log2(groups) for the first tile's bound (0: no bound)
+    SORT_TILE: tl.constexpr,  # top-k by a bitonic sort of each tile (K_PAD > 64) or by extraction
+    TT: tl.constexpr,  # extraction slots: a thread's vectors (REP = BLOCK_V // (VEC * TT) of them)
     SAMPLE_FULL: tl.constexpr,  # keep a Gumbel-max over the full vocabulary
-    EXTRACT: tl.constexpr,  # once every row is full: extraction (else compaction)
     KEY_SHIFT: tl.constexpr,  # 16 (bf16), 13 (f16): zero low bits of the logits' float32; 0 (f32)
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -371,10 +478,9 @@ def _junction_partials_kernel(
     first = offset + rows_ld * stride_row + start
     head = (first % VEC).to(tl.int32)
     row_ptrs = logits_ptr + tl.multiple_of(first - head, VEC)  # 16-byte aligned
-    lanes = tl.arange(0, BLOCK_V)
-    half = tl.arange(0, BLOCK_V // 2)
-    cols0 = (start - head)[:, None] + lanes[None, :]
+    col0 = start - head  # [ROWS]: the column of the head tile's lane 0
     n_tiles = tl.cdiv(end - start + VEC - 1, BLOCK_V)
+    tail = (end - start) // BLOCK_V  # tiles from here on may reach past `end`
 
     # Accumulators, base 2: y = (z - m) log2(e), d = sum 2^y, s = sum 2^y y, one slot per 16-byte
     # vector of the tile (each thread sums its own vectors: no registers per element).
@@ -392,7 +498,7 @@ def _junction_partials_kernel(
     best = tl.full([ROWS, K_PAD], _KEY_PAD + K_PAD - 1, tl.int64) - j
     if not SORT_TILE:
         best = tl.where(j < k, best, _KEY_TOP)
-    slot = ((tl.program_id(0) * S + split) * ROWS + tl.arange(0, ROWS)) * 2**LOG_CAP
+    kth = tl.min(best, 1)
     kth_val = tl.full([ROWS], float("-inf"), tl.float32)  # k-th best logit once best is full
     full = tl.zeros([ROWS], tl.int1)
     gbest = tl.full([ROWS], _KEY_PAD, tl.int64)
@@ -402,82 +508,30 @@ def _junction_partials_kernel(
         any_sampling = tl.max(sampling.to(tl.int32)) > 0  # all greedy: no RNG work at all
         seed = tl.load(seed_ptr)
 
-    for i in range(0, n_tiles):
-        off = i * BLOCK_V
-        ptrs = row_ptrs[:, None] + (off + lanes)[None, :]
-        if (i == 0) | (start + off + BLOCK_V > end):  # the head or tail tile: mask columns
-            x = tl.load(ptrs, mask=(cols0 + off >= start) & (cols0 + off < end), other=float("-inf"))
-            x = x.to(tl.float32)
-        elif BF16_WORDS:  # bf16 pairs as 32-bit words: one shift or one and per element
-            words = tl.load(row_ptrs.to(tl.pointer_type(tl.int32))[:, None] + (off // 2 + half)[None, :])
-            lo = (words << 16).to(tl.float32, bitcast=True)
-            hi = (words & -65536).to(tl.float32, bitcast=True)
-            x = tl.reshape(tl.join(lo, hi), [ROWS, BLOCK_V])
-        else:  # 128-bit loads, no mask: bf16/f16 rows are read at their own width
-            x = tl.load(ptrs).to(tl.float32)
-
-        # Fast path, per element: one FFMA, one exp2, one add, one FFMA (no max, no clamp). The FMA
-        # is explicit: x log2(e) unrounded before m2 is taken off, so |z| ~ 1e4 keeps its precision
-        # (rounding x log2(e) first costs ~1e-3 in y, and 1e-3 relative entropy), in the interpreter too.
-        y = tl.fma(x, _LOG2E, -m2[:, None])
-        e = tl.exp2(y)
-        d_t = tl.sum(tl.reshape(e, [ROWS, NV, VEC]), 2)
-        s_old = s
-        s = _fma_vec(e, y, s, ROWS, NV, VEC)  # NaN if a logit is -inf (0 * -inf): redone below
-        # A vector whose sum is below ``gate`` holds no logit above the k-th best nor above
-        # m + _SLACK (each term is at most the sum); a NaN (a NaN or -inf logit, a masked lane)
-        # fails the test too. Any such vector sends the whole tile down the exact path.
-        v = d_t + s * 0.0
-        if tl.max((~(v < gate[:, None]) & rmask[:, None]).to(tl.int32)) > 0:  # first tiles, -inf / NaN, top-k
-            # the exact path: a sum reaching e^_SLACK (gate <= e^_SLACK), a NaN, a row still at m = -inf
-            fix = (~(v < _EXP_SLACK) | (m == float("-inf"))[:, None]) & rmask[:, None]
-            if tl.max(fix.to(tl.int32)) > 0:  # rare: the exact (m, d, s) of the tile
-                s = s_old
-                x_max = tl.max(x, 1)
-                move = x_max > m + _MOVE
-                if tl.max(move.to(tl.int32)) > 0:  # the row max grew: move the reference to it
-                    m_new = tl.where(move, x_max, m)
-                    m2_new = tl.where(m_new == float("-inf"), 0.0, m_new * _LOG2E)
-                    alpha = tl.where(m == float("-inf"), 0.0, tl.exp2(m2 - m2_new))[:, None]  # d = s = 0 then
-                    s = tl.where(alpha > 0.0, alpha * (s + d * (m2 - m2_new)[:, None]), 0.0)
-                    d = d * alpha
-                    m = m_new
-                    m2 = m2_new
-                y = tl.fma(x, _LOG2E, -m2[:, None])
-                e = tl.exp2(y)
-                d_t = tl.sum(tl.reshape(e, [ROWS, NV, VEC]), 2)
-                # -inf logits: 0 * -256, not 0 * -inf = NaN (a NaN logit stays NaN in d: ops.py reports it)
-                s = _fma_vec(e, tl.maximum(y, -256.0), s, ROWS, NV, VEC)
-            if EXTRACT:
-                if tl.max((~full & rmask).to(tl.int32)) > 0:  # the first tiles: compaction
-                    best, full, kth_val = _select(best, full, kth_val, x, row_ptrs + off, start - head + off,
-                                                  start, end, k, scratch_ptr, slot, K_PAD, LOG_R, LOG_V, LOG_K,
-                                                  SORT_TILE, LOG_CAP, LOG_G)
-                else:  # every row full: extract the few logits above the k-th best, largest first
-                    best, kth_val = _extract(best, kth_val, x, start - head + off, LOG_V, KEY_SHIFT)
-            elif SORT_TILE:
-                if tl.max((((tl.max(x, 1) > kth_val) | ~full) & rmask).to(tl.int32)) > 0:
-                    best, full, kth_val = _select(best, full, kth_val, x, row_ptrs + off, start - head + off,
-                                                  start, end, k, scratch_ptr, slot, K_PAD, LOG_R, LOG_V, LOG_K,
-                                                  SORT_TILE, LOG_CAP, LOG_G)
-            else:  # compaction, for full rows and for rows that are not (the bound) alike
-                best, full, kth_val = _select(best, full, kth_val, x, row_ptrs + off, start - head + off, start,
-                                              end, k, scratch_ptr, slot, K_PAD, LOG_R, LOG_V, LOG_K, SORT_TILE,
-                                              LOG_CAP, LOG_G)
-            # The next tiles take the fast path while every vector sum stays below both e^_SLACK
-            # (no overflow; after a move a sum needs a logit above m + _MOVE to reach it) and
-            # 2^(y of the k-th best) (less a margin for rounding): a sum bounds each of its terms.
-            kth_y = tl.fma(kth_val, _LOG2E, -m2)
-            gate = tl.minimum(tl.where(full, tl.exp2(kth_y) * _GATE_MARGIN, 0.0), _EXP_SLACK)
-        d += d_t
-
-        if SAMPLE_FULL:
-            if any_sampling:
-                cols = cols0 + off
-                g = _gumbel(seed, rows[:, None], cols)
-                valid = (cols >= start) & (cols < end)
-                gk = tl.where(valid & sampling[:, None], _pack_key(tl.fma(t[:, None], g, x), cols), _KEY_PAD)
-                gbest = tl.maximum(gbest, tl.max(gk, 1))
+    # The head tile, the body tiles (unmasked 128-bit loads) and the tail tiles (0 to 2), each
+    # through the same ``_tile``; only the loads differ.
+    if not SAMPLE_FULL:  # unused
+        t, sampling, any_sampling, seed = kth_val, full, False, 0
+    x = _load_tile(row_ptrs, 0, col0, start, end, True, BF16_WORDS, ROWS, BLOCK_V)
+    m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
+        x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, kth_val, gbest, k, t, sampling,
+        any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K, KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
+    tile_ptrs = row_ptrs
+    col_i = col0
+    for i in tl.range(1, tail, loop_unroll_factor=2):  # two tiles per loop test
+        tile_ptrs += BLOCK_V
+        col_i += BLOCK_V
+        x = _load_tile(tile_ptrs, 0, col_i, start, end, False, BF16_WORDS, ROWS, BLOCK_V)
+        m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
+            x, rows, rmask, start, end, col_i, m, m2, d, s, gate, best, kth, full,
+            kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
+            KEY_SHIFT, SORT_TILE, SAMPLE_FULL, False)
+    for i in range(tl.maximum(tail, 1), n_tiles):
+        x = _load_tile(row_ptrs, i * BLOCK_V, col0, start, end, True, BF16_WORDS, ROWS, BLOCK_V)
+        m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
+            x, rows, rmask, start, end, col0 + i * BLOCK_V, m, m2, d, s, gate, best, kth, full,
+            kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
+            KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
 
     if (tl.program_id(0) == 0) & (split == 0):
         tl.store(ticket_ptr, 0)  # whatever an earlier, aborted scan left there
@@ -601,9 +655,15 @@ def _junction_merge_kernel(
         sampled = _key_id(tl.max(gk, 1))
     tl.store(base_token_ptr + rows, tl.where(t > 0.0, sampled, greedy_id), mask=rmask)
 
+    # Entries past J are zero, as in the reference: each program zeroes its own rows' slots
+    # (destinations never exceed the source row), and the last program overwrites those < J.
+    tl.store(junction_rows_ptr + rows64, tl.zeros([ROWS], tl.int64), mask=rmask)
+    tl.store(junction_ids_ptr + out_off, tl.zeros([ROWS, K_PAD], tl.int64), mask=omask)
+    tl.store(junction_logprobs_ptr + out_off, tl.zeros([ROWS, K_PAD], tl.float32), mask=omask)
+
     # ---- compaction, by whichever program finishes last: destination = exclusive prefix sum
     # of the gate in row order (deterministic). The acq_rel ticket orders every program's
-    # writes above before the last program's reads below.
+    # writes above before the last program's reads and writes below.
     tl.debug_barrier()
     ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
     if ticket == tl.num_programs(0) - 1:
@@ -624,16 +684,6 @@ def _junction_merge_kernel(
             tl.store(junction_logprobs_ptr + dest[:, None] * k + j[None, :], clp, mask=jm)
             carry += tl.sum(g32, 0)
         tl.store(num_junctions_ptr, carry)
-        # Entries past J are zero, as in the reference.
-        for r0 in range(0, B, CROWS):
-            crows = r0 + c_lanes
-            tail = (crows < B) & (crows >= carry)
-            c64 = crows.to(tl.int64)
-            tl.store(junction_rows_ptr + c64, tl.zeros([CROWS], tl.int64), mask=tail)
-            z_off = c64[:, None] * k + j[None, :]
-            zm = tail[:, None] & jmask[None, :]
-            tl.store(junction_ids_ptr + z_off, tl.zeros([CROWS, K_PAD], tl.int64), mask=zm)
-            tl.store(junction_logprobs_ptr + z_off, tl.zeros([CROWS, K_PAD], tl.float32), mask=zm)
 
 
 # ---------------------------------------------------------------- launcher
@@ -651,7 +701,8 @@ class ScanPlan(NamedTuple):
     rows2: int  # rows per merge program
     warps1: int
     warps2: int
-    maxnreg1: int = 0  # register cap of the partials kernel (0: none), where programs share SMs
+    maxnreg1: int = 0  # register cap of the partials kernel (0: ptxas chooses)
+    slots: int = 0  # extraction slots per tile row (0: one per thread, see kernel_meta)
 
 
 def _pow2(n: int) -> int:
@@ -693,19 +744,16 @@ def plan_scan(b: int, v: int, k: int, *, num_sms: int = 132, tile: int = _TILE) 
     # (>= 1024: 8 bf16, one 16-byte load, per thread at 4 warps)
     while block_v > max(1024, k_pad) and triton.cdiv(split_len + 7, block_v) * block_v > 1.25 * split_len:
         block_v //= 2
-    block_v = max(block_v, k_pad if k_pad > _MAX_COMPACT_K else 16)
+    block_v = max(block_v, k_pad if k_pad > _MAX_SELECT_K else 16)
     s_pad = _pow2(splits)
     # merge: ~one program per SM (B >= 256 share one plan); one SM (the interpreter): big blocks
     spread = triton.cdiv(min(bucket, 256), num_sms) if num_sms > 1 else bucket
     rows2 = _floor_pow2(min(bucket, (tile // 2) // (s_pad * k_pad), spread))
-    tile1 = rows1 * block_v
     tile2 = rows2 * s_pad * k_pad
     return ScanPlan(
         rows1=rows1, block_v=block_v, k_pad=k_pad, splits=splits, split_len=split_len, s_pad=s_pad,
-        rows2=rows2, warps1=max(4, min(8, tile1 // 512)), warps2=max(1, min(8, tile2 // 128)),
-        # more programs than SMs: <= 128 registers, so two 256-thread programs fit on one SM (no
-        # spills: bench/sass_budget.py); one wave: no cap (it would only add instructions)
-        maxnreg1=_MAXNREG if programs * splits > num_sms else 0,
+        rows2=rows2, warps1=4, warps2=max(4, min(8, tile2 // 128)),
+        maxnreg1=_MAXNREG,
     )
 
 
@@ -713,21 +761,16 @@ def _log2(n: int) -> int:
     return int(n).bit_length() - 1
 
 
-def _cap(p: ScanPlan) -> int:
-    return max(32, 2 * p.k_pad)  # candidates per compaction round
-
-
 def kernel_meta(p: ScanPlan, dtype: torch.dtype, scope_full: bool, sample_full: bool) -> dict:
     """The constexprs and warps of both kernels for plan ``p`` (what ``launch_scan`` passes;
     bench/sass_budget.py compiles the same)."""
     vec = 16 // torch.empty((), dtype=dtype).element_size()
-    groups = min(p.block_v, 256)  # for the first tile's top-k bound
+    nv = max(1, p.block_v // vec)
     return {
         "partials": dict(
             ROWS=p.rows1, BLOCK_V=p.block_v, LOG_R=_log2(p.rows1), LOG_V=_log2(p.block_v), K_PAD=p.k_pad,
-            LOG_K=_log2(p.k_pad), VEC=vec, BF16_WORDS=dtype == torch.bfloat16, SORT_TILE=p.k_pad > _MAX_COMPACT_K,
-            LOG_CAP=_log2(_cap(p)), LOG_G=_log2(groups) if groups >= 2 * p.k_pad else 0, SAMPLE_FULL=sample_full,
-            EXTRACT=p.k_pad <= _MAX_EXTRACT_K, KEY_SHIFT={torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0),
+            LOG_K=_log2(p.k_pad), VEC=vec, BF16_WORDS=dtype == torch.bfloat16, SORT_TILE=p.k_pad > _MAX_SELECT_K,
+            TT=min(nv, p.slots or 32 * p.warps1), SAMPLE_FULL=sample_full, KEY_SHIFT={torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0),
             num_warps=p.warps1, **({"maxnreg": p.maxnreg1} if p.maxnreg1 else {}),
         ),
         "merge": dict(
@@ -789,10 +832,9 @@ def launch_scan(
     topk_keys = torch.empty(b, s, p.k_pad, dtype=torch.int64, device=dev)
     gumbel_keys = torch.empty(b, s, dtype=torch.int64, device=dev)
     grid = (triton.cdiv(b, p.rows1), s)
-    scratch = torch.empty(grid[0] * s * p.rows1 * _cap(p), dtype=torch.int32, device=dev)
     flat, offset = aligned_view(logits)
     _junction_partials_kernel[grid](
-        flat, temperature, seed, stats, topk_keys, gumbel_keys, scratch, _ticket(dev),
+        flat, temperature, seed, stats, topk_keys, gumbel_keys, _ticket(dev),
         b, v, k, s, p.split_len,
         logits.stride(0), offset,
         **meta["partials"],
