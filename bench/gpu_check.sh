@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 timeout 200 python3 -m pytest -q -x tests/test_junction_scan.py tests/test_cpp_backend.py -p no:cacheprovider \
   2>&1 | tee "$out/tests.log"
 tests_rc=${PIPESTATUS[0]}
-# the Triton internals natively (the merge's last-program ticket and the scratch barriers on
+# the Triton internals natively (the merge's last-program ticket and the selection's reductions on
 # real hardware); each forced plan is a compile, so this gets its own budget
 timeout 100 python3 -m pytest -q tests/test_triton_internals.py -p no:cacheprovider 2>&1 | tee "$out/internals.log"
 internals_rc=${PIPESTATUS[0]}

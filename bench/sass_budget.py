@@ -10,22 +10,25 @@ Method
 - Registers and local memory (spills) per thread: ``cuobjdump -res-usage`` (REG, LOCAL); the
   driver-side metadata (n_regs, n_spills) needs a GPU, the cubin's own figures do not.
 - ``vectorized``: every global load on the partials kernel's streaming path is 128-bit.
-- Streaming loop: the main (outermost) loop of the partials kernel; its cost per tile is the
-  shortest path through the loop body (a body tile on the fast path: no mask, no exact path,
-  no top-k). ``instr_per_elem`` of the partials row = that path / elements per thread.
-- Selection (``loop_costs``, ``selection_model``): the first tile of a program takes the exact
-  path (the block with the most MUFU.EX2 off the stream path: the (m, d, s) recompute) and one
-  round of the compaction loop (the loop with the scratch stores: prefix sum, scatter,
-  barriers), plus one iteration of its insertion loop per candidate; where the kernel holds
-  two copies of the compaction, the costlier (the first tile's).
-  A later tile that holds a logit above the running k-th best takes the cheapest path through
-  the extraction loop's header (K_PAD <= 16) plus one iteration per candidate, else through
-  the compaction (K_PAD 32-64); for K_PAD > 64 (no loops) every such tile costs the costliest
-  forward path (a bitonic sort of the tile). Counts come from a random-order model (logits in
-  random order): the first tile admits ~k (1 + k / 2G) candidates (G groups in its bound);
-  tile t >= 2 holds k / t of the running top-k in expectation and needs the selection with
-  probability 1 - (1 - 1/t)^k. Not counted: exact-path tiles other than the first (-inf or
-  NaN runs, the rare moves of the reference).
+- Streaming loop: the partials kernel peels a split's head tile and its masked tail tiles off
+  the body tiles, whose loop (unpredicated 128-bit loads) is unrolled twice. Its cost per tile
+  is the shortest path through one iteration (every tile on the fast path: no mask, no exact
+  path, no top-k) over the tiles it covers; ``instr_per_elem`` of the partials row = that path
+  / the elements a thread loads in it.
+- Selection (``loop_costs``, ``selection_model``): every tile holds the same selection, a
+  round loop (one gathered vector per slot) around a step loop (one candidate each; a slot
+  holding another candidate is rescanned, the step loop's costliest path). The head tile
+  (straight-line code) takes the exact path (the block with the most MUFU.EX2: the (m, d, s)
+  recompute) and ``rounds`` rounds (its vectors per slot); a body tile that holds a logit
+  above the running k-th best costs the one-tile remainder loop's path through its round loop
+  over its fast path, plus one step per candidate; a tail tile always takes the exact path
+  and one round. For K_PAD > 64 (no round loops) such a tile costs the costliest forward
+  path (a bitonic sort of the tile). Counts come from a random-order model (logits in random
+  order): the head's rounds insert k, then k / r in round r (the first round's k steps each
+  rescan: every slot holds several candidates); tile t >= 2 holds k / t of the running top-k
+  in expectation and needs the selection with probability 1 - (1 - 1/t)^k. Not counted:
+  exact-path body tiles (-inf or NaN runs, the rare moves of the reference) and extra rounds
+  where one slot holds two hot vectors.
 - Merge: its straight-line code once per program; the compaction loops (run by the last
   program) once per block of rows.
 - Issue-bound time: each warp issues at most one instruction per clock and each SM's four
@@ -312,12 +315,14 @@ def loop_costs(code: list[Instr]) -> dict:
         s_round = next(lp for lp in rounds if lp[0] in single[2])
         stp = next(lp for lp in steps if lp[0] in s_round[2])
         round_cost, step_cost = iteration(s_round), iteration(stp)
+        # a step whose slot holds another candidate rescans it: the step loop's costliest path
+        rescan = longest(stp[2], stp[0], stp[1]) - step_cost
         extract = _through(cfg, single[2], back, single[0], [s_round[0], single[1]])
         via = [fix_head, head_rounds[0][0]]
         outside = _through(cfg, all_blocks, back, 0, via) + to_exit(_dist(cfg, all_blocks, head_rounds[0][0], back)) \
             - _size(cfg, head_rounds[0][0])
     else:
-        round_cost = step_cost = 0
+        round_cost = step_cost = rescan = 0
         extract = longest(single[2], single[0], single[1])
         outside = to_exit(_dist(cfg, all_blocks, 0, back)) + longest(outside_region, 0, max(outside_region))
     tail = 0.0
@@ -328,7 +333,7 @@ def loop_costs(code: list[Instr]) -> dict:
         stops = [fix_t] + ([t_round[0][0]] if t_round else []) + [tl_[1]]
         tail = _through(cfg, tl_[2], back, tl_[0], stops) if t_round else longest(tl_[2], tl_[0], tl_[1])
     return dict(stream=stream, loads=len(loads(path)), extract=extract, single=stream_path(single)[0],
-                round=round_cost, step=step_cost, outside=outside, tail=tail,
+                round=round_cost, step=step_cost, rescan=rescan, outside=outside, tail=tail,
                 path=[ins for b in path for ins in instrs(b)])
 
 
@@ -346,7 +351,7 @@ def selection_model(n_tiles: int, k: int, rows: int, rounds: int) -> dict:
     selection and its expected steps. With several rows in a program the busiest row sets the
     pace (~ mean + sqrt(2 mean ln rows))."""
     busiest = lambda lam: lam + math.sqrt(2 * lam * math.log(rows))  # noqa: E731
-    head_steps = busiest(k * sum(1 / r for r in range(1, rounds + 1)))
+    head_steps = busiest(k * sum(1 / r for r in range(1, rounds + 1)))  # the first round's k rescan
     p_sel = [1 - ((1 - 1 / t) ** k) ** rows for t in range(2, n_tiles + 1)]
     steps = [busiest(k / t) for t in range(2, n_tiles + 1)]
     return dict(head_steps=head_steps, p_sel=p_sel, steps=steps)
@@ -379,7 +384,7 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
     rounds = max(1, p.block_v // mp["VEC"] // mp["TT"])
     sel = selection_model(n_tiles, k, p.rows1, rounds)
     extra = c["extract"] - c["single"]  # a tile's selection (one round, no step) over its fast path
-    w1 = (c["outside"] + (rounds - 1) * c["round"] + sel["head_steps"] * c["step"]
+    w1 = (c["outside"] + (rounds - 1) * c["round"] + sel["head_steps"] * c["step"] + min(k, sel["head_steps"]) * c["rescan"]
           + sum(stream + sel["p_sel"][t] * extra for t in range(body_tiles)) + tail_tiles * c["tail"]
           + sum(sel["steps"]) * c["step"])
     programs1 = math.ceil(b / p.rows1) * p.splits
@@ -413,7 +418,7 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
     rows[0]["_detail"] = dict(plan=p, per_thread=per_thread, n_tiles=n_tiles, rounds=rounds, w1=w1,
                               head_steps=sel["head_steps"], sel_tiles=sum(sel["p_sel"][:body_tiles]),
                               sel_steps=sum(sel["steps"]),
-                              **{x: c[x] for x in ("stream", "loads", "extract", "single", "round", "step",
+                              **{x: c[x] for x in ("stream", "loads", "extract", "single", "round", "step", "rescan",
                                                    "outside", "tail")})
     return rows
 

@@ -2,8 +2,8 @@
 
 Interpreted runs use one tile per row for V <= 8k, so these tests force small tiles, row
 packing, many vocabulary splits (each with a masked head and tail tile around unmasked body
-tiles), the selection paths (compaction on a program's first tile; then extraction up to
-K_PAD = 16, compaction up to 64, bitonic above; tiles whose sums stay under the gate skipped)
+tiles), the selection paths (extraction up to K_PAD = 64, in rounds where slots hold several
+vectors; a bitonic sort of the tile above; tiles whose sums stay under the gate skipped)
 and many merge programs (the last one compacts, with the carry of the
 prefix sum over small blocks) through ``launch_scan(plan=...)``, and check every field against
 the float64 reference.
@@ -25,15 +25,16 @@ pytestmark = pytest.mark.slow if not torch.cuda.is_available() else []
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def plan(b, v, k, *, block_v, rows1, splits, rows2):
-    """A launch plan with the given tile, split and merge-block sizes."""
+def plan(b, v, k, *, block_v, rows1, splits, rows2, slots=0):
+    """A launch plan with the given tile, split, merge-block and extraction-slot sizes (slots:
+    0 = one per 16-byte vector here; fewer make each slot hold several vectors, taken in rounds)."""
     k_pad = 1 << (k - 1).bit_length()
     block_v = max(block_v, k_pad) if k_pad > 64 else block_v
     split_len = -(-(-(-v // splits)) // 16) * 16  # ceil(ceil(v / splits) / 16) * 16
     s = -(-v // split_len)
     return jsk.ScanPlan(
         rows1=rows1, block_v=block_v, k_pad=k_pad, splits=s, split_len=split_len,
-        s_pad=1 << (s - 1).bit_length(), rows2=rows2, warps1=4, warps2=4,
+        s_pad=1 << (s - 1).bit_length(), rows2=rows2, warps1=4, warps2=4, slots=slots,
     )
 
 
@@ -78,9 +79,9 @@ def assert_matches(out, logits, k, tau, scope):
 @pytest.mark.parametrize("k", [1, 3, 10, 64, 100])  # 100: K_PAD 128, the bitonic path
 @pytest.mark.parametrize(
     "sizes",
-    [dict(block_v=16, rows1=2, splits=4, rows2=2), dict(block_v=64, rows1=4, splits=2, rows2=4),
+    [dict(block_v=16, rows1=2, splits=4, rows2=2), dict(block_v=64, rows1=4, splits=2, rows2=4, slots=2),
      dict(block_v=32, rows1=8, splits=1, rows2=1)],
-    ids=["many-splits", "packed-rows", "one-split"],
+    ids=["many-splits", "packed-rows-rounds", "one-split"],
 )
 @pytest.mark.parametrize("scope", ["topk", "full"])
 def test_forced_plans(k, sizes, scope):
@@ -109,8 +110,10 @@ def test_strided_bf16_multi_split():
 )
 def test_extraction_and_fast_path(dtype, k, rows1):
     """Many small tiles per split: after its first tile a program only extracts the few logits
-    above its running k-th best (16-bit logits: value and lane packed in one int32), and tiles
-    whose sums stay under the gate skip everything but (d, s). Ties across tiles and signs of
+    above its running k-th best (16-bit logits: value and lane packed in one int32), from the
+    vectors whose sums pass the gate, gathered one per slot and round (two slots: several
+    rounds per tile, and slots holding several candidates rescanned), and tiles whose sums
+    stay under the gate skip everything but (d, s). Ties across tiles and signs of
     zero (equal: the lower id first), negative k-th bests, -inf runs, a late jump of the row max
     (the reference moves) and a NaN-free row of huge spread."""
     b, v = 8, 900
@@ -127,7 +130,7 @@ def test_extraction_and_fast_path(dtype, k, rows1):
     z[7] = 0.25 * z[7]  # flat: the gate admits many tiles
     logits = z.to(dtype).to(DEVICE)
     tau = torch.full((b,), 1.0, device=DEVICE)
-    for sizes in (dict(block_v=32, splits=2), dict(block_v=64, splits=3)):
+    for sizes in (dict(block_v=32, splits=2), dict(block_v=64, splits=3), dict(block_v=128, splits=2, slots=2)):
         p = plan(b, v, k, rows1=rows1, rows2=2, **sizes)
         out = launch(logits, k, tau, torch.zeros(b, device=DEVICE), "full", "topk", p)
         assert_matches(out, logits, k, tau, "full")
@@ -207,17 +210,18 @@ def test_sampling_multi_split_frequencies():
 @pytest.mark.parametrize("order", ["ascending", "descending"])
 def test_sorted_rows_many_candidates(order):
     """Sorted rows defeat the running-threshold filter: every tile of an ascending row holds
-    more candidates than one compaction round takes (several rounds); a descending row holds
-    none after its first tile (every later tile skipped)."""
+    k candidates, many in one slot (rescans, and rounds with several vectors per slot); a
+    descending row holds none after its first tile (every later tile skipped)."""
     b, v, k = 3, 700, 10
     z = torch.arange(v, dtype=torch.float32).expand(b, -1).clone() * 0.01
     if order == "descending":
         z = z.flip(1)
     z[1] += 0.5 * torch.randn(v, generator=torch.Generator().manual_seed(3))
     tau = torch.full((b,), 1.0, device=DEVICE)
-    out = launch(z.to(DEVICE), k, tau, torch.zeros(b, device=DEVICE), "topk", "topk",
-                 plan(b, v, k, block_v=128, rows1=1, splits=2, rows2=2))
-    assert_matches(out, z.to(DEVICE), k, tau, "topk")
+    for slots in (0, 4):  # 4: every tile of an ascending row takes four rounds
+        out = launch(z.to(DEVICE), k, tau, torch.zeros(b, device=DEVICE), "topk", "topk",
+                     plan(b, v, k, block_v=128, rows1=1, splits=2, rows2=2, slots=slots))
+        assert_matches(out, z.to(DEVICE), k, tau, "topk")
 
 
 def _philox(seed: int, c0: np.ndarray, c1: np.ndarray) -> tuple[np.ndarray, ...]:

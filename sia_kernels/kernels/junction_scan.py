@@ -4,20 +4,23 @@ Spec: ``sia_kernels.reference.junction_scan_ref``. Public Triton API only; teste
 3.9.0. bench/sass_budget.py counts the compiled code of exactly these kernels. Read in order:
 
 1. ``_junction_partials_kernel``, grid (row blocks × S vocabulary splits): each program streams
-   its split in tiles of ``BLOCK_V`` columns. Per 16-byte vector of the tile it accumulates the
-   one-pass entropy partials d = sum e^(z-m), s = sum e^(z-m)(z-m) against a per-row reference
-   m, reduced across threads once, at the end. The fast path of a tile is, per element, one
-   FFMA (z log2 e - m log2 e), one exp2, one add (d) and one FFMA (s, a chain per vector) plus
-   the bf16 unpack (one shift or and), and one block reduction per tile: a tile whose
-   per-vector sums of 2^y all stay below the row's ``gate`` (and are not NaN) holds no logit
-   above the running k-th best nor above m + ``_SLACK`` (a sum bounds each of its terms), so
-   it needs nothing else. Otherwise (the first tiles, -inf or NaN logits, a top-k candidate)
-   the exact path runs: the reference moves to the tile max if that grew by more than
-   ``_MOVE`` (the tile's (d, s) redone with -inf clamped), then the top-k. While a row holds
-   fewer than k keys, candidates are compacted and inserted (``_select``); once every row is
-   full, K_PAD <= 16 extracts the few logits above the k-th best one by one, largest first
-   (``_extract``: 16-bit logits pack value and lane in one int32, one reduction each), larger
-   K_PAD compacts. Partials go to small scratch buffers ``[3, B, S]`` / ``[B, S, K_PAD]``.
+   its split in tiles of ``BLOCK_V`` columns (4 warps, 32 bf16 a thread): the head tile, the
+   body tiles (unmasked, two per loop test) and the masked tail tiles, each through ``_tile``.
+   Per 16-byte vector of the tile it accumulates the one-pass entropy partials
+   d = sum e^(z-m), s = sum e^(z-m)(z-m) against a per-row reference m, reduced across threads
+   once, at the end. The fast path of a tile is, per element, one FFMA (z log2 e - m log2 e),
+   one exp2, one add (d) and one FFMA (s, a chain per vector) plus the bf16 unpack (one shift
+   or and), and one block reduction per tile: a tile whose per-vector sums of 2^y all stay
+   below the row's ``gate`` (and are not NaN) holds no logit above the running k-th best nor
+   above m + ``_SLACK`` (a sum bounds each of its terms), so it needs nothing else. Otherwise
+   (the head and tail tiles, -inf or NaN logits, a top-k candidate) the exact path runs: the
+   reference moves to the tile max if that grew by more than ``_MOVE`` (the tile's (d, s)
+   redone with -inf clamped), then the top-k. Up to K_PAD = 64 the candidates are extracted
+   one by one, largest first, from the vectors whose sums pass the gate (``_extract``: one
+   gathered vector per thread and round, 16-bit logits as one int32 key with the lane, one
+   reduction over the threads and one over the k kept keys per candidate, no scratch memory);
+   larger K_PAD sorts the tile (bitonic). Partials go to small buffers ``[3, B, S]`` /
+   ``[B, S, K_PAD]``.
 2. ``_junction_merge_kernel``, one program per block of rows: merges the S partials per row
    (lse, entropy, final top-k, gate, base token). The program that finishes last (an atomic
    ticket, a [1] i32 per device and stream that the partials kernel zeroes) compacts the junction
@@ -29,7 +32,7 @@ Spec: ``sia_kernels.reference.junction_scan_ref``. Public Triton API only; teste
 
 Loads: rows are read through a 16-byte-aligned base (``aligned_view``) and each tile starts on
 a 16-byte boundary, so the body tiles are unmasked 128-bit loads for any V and row stride; only
-a split's first and last tile carry a column mask.
+a split's head and tail tiles carry a column mask.
 
 Packed keys: a float32 logit maps to a monotone int32 (flip the low 31 bits of negatives); that
 goes in the high half of an int64 and ``~token_id`` in the low half, so one integer max orders
@@ -220,13 +223,12 @@ def _slot_keys(xg, lanes, cand, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
     """Keys of the gathered logits ``xg`` at tile lanes ``lanes``: ordered by value, then the
     lower lane, with bit 0 free (``_extract`` flags a slot's maximum there); the smallest key
     of the type where not ``cand``. 16-bit logits (KEY_SHIFT > LOG_V): one int32, the value's
-    monotone bits above the lane (their KEY_SHIFT low bits are padding); else int64."""
+    monotone bits in place over the lane (their KEY_SHIFT low bits are padding); else int64."""
     lane_bits = (2**LOG_V - 1 - lanes) << 1
     bits = (xg + 0.0).to(tl.int32, bitcast=True)  # + 0.0: -0.0 -> +0.0 (equal logits, lane order)
     mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     if KEY_SHIFT > LOG_V:
-        key = ((mono >> (KEY_SHIFT - LOG_V - 1)) & -(2 ** (LOG_V + 1))) | lane_bits
-        return tl.where(cand, key, -(2**31))
+        return tl.where(cand, (mono & -(2**KEY_SHIFT)) | lane_bits, -(2**31))
     else:
         return tl.where(cand, (mono.to(tl.int64) << 32) | lane_bits.to(tl.int64), _KEY_PAD)
 
@@ -234,12 +236,11 @@ def _slot_keys(xg, lanes, cand, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
 @triton.jit
 def _slot_key_global(c, col0, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
     """The packed int64 key (``_pack_key``) of a ``_slot_keys`` key ``c`` [ROWS] (flag ignored)."""
-    lane = 2**LOG_V - 1 - ((c >> 1) & (2**LOG_V - 1)).to(tl.int32)
-    low = (~(col0 + lane)).to(tl.uint32, bitcast=True).to(tl.int64)
+    lane = ((c >> 1) & (2**LOG_V - 1)).to(tl.int32)
+    low = (~(col0 + (2**LOG_V - 1) - lane)).to(tl.uint32, bitcast=True).to(tl.int64)
     if KEY_SHIFT > LOG_V:
-        hi = (c >> (LOG_V + 1)) << KEY_SHIFT
-        mono = hi | ((hi >> 31) & (2**KEY_SHIFT - 1))  # a negative's padding bits were ones
-        return (mono.to(tl.int64) << 32) | low
+        pad = (c >> 31) & (2**KEY_SHIFT - 1)  # a negative's padding bits were ones
+        return (((c & -(2**KEY_SHIFT)) | pad).to(tl.int64) << 32) | low
     else:
         return ((c >> 32) << 32) | low
 
@@ -266,9 +267,9 @@ def _pick_vector(x4, pick, ROWS: tl.constexpr, REP: tl.constexpr, TT: tl.constex
 @triton.jit
 def _extract(best, kth, full, kth_val, x, hot, col0, start, end,
              ROWS: tl.constexpr, REP: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
-             KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr, K_PAD: tl.constexpr, MASKED: tl.constexpr):
+             KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr, MASKED: tl.constexpr):
     """Fold the tile's logits ``x`` [ROWS, BLOCK_V] that can enter the rows' top-k into ``best``
-    [ROWS, K_PAD] (unsorted packed keys, distinct, lanes j >= k at _KEY_TOP: its minimum ``kth``
+    [ROWS, 32, 2] (unsorted packed keys, distinct, entries >= k at _KEY_TOP: its minimum ``kth``
     is the k-th best). Returns best, kth, full, kth_val (the k-th best logit once the row holds
     k keys, else -inf). ``MASKED``: columns outside [start, end) are not candidates.
 
@@ -306,18 +307,19 @@ def _extract(best, kth, full, kth_val, x, hot, col0, start, end,
         gk = _slot_key_global(c, col0, KEY_SHIFT, LOG_V)
         viable = (c > empty) & (gk > kth)
         while tl.max(viable.to(tl.int32)) > 0:
-            best = tl.where(viable[:, None] & (best == kth[:, None]), gk[:, None], best)
-            kth = tl.min(best, 1)
+            best = tl.where(viable[:, None, None] & (best == kth[:, None, None]), gk[:, None, None], best)
+            kth = tl.min(tl.min(best, 2), 1)
             owner = (m1 == c[:, None]) & viable[:, None]
-            if tl.max(((c & 1) != 0).to(tl.int32)) > 0:  # the owner holds more: its next one
-                below = tl.where(keys < (c & -2)[:, None, None], keys, empty)
-                m1 = tl.where(owner, _slot_max(below, empty), m1)
+            if tl.max(((c & 1) != 0).to(tl.int32)) > 0:  # the owner holds more: its next one,
+                # flagged again unless none is left (at worst one more rescan, that finds none)
+                nxt = tl.max(tl.where(keys < (c & -2)[:, None, None], keys, empty), 2)
+                m1 = tl.where(owner, tl.where(nxt > empty, nxt | 1, empty), m1)
             else:
                 m1 = tl.where(owner, empty, m1)
             c = tl.max(m1, 1)
             gk = _slot_key_global(c, col0, KEY_SHIFT, LOG_V)
             viable = (c > empty) & (gk > kth)
-        full = kth > _KEY_PAD + K_PAD
+        full = kth > _KEY_PAD + 2 * 32
         kth_val = tl.where(full, _key_value(kth), float("-inf"))
         hot3 = hot3 & ~sel
     return best, kth, full, kth_val
@@ -412,7 +414,7 @@ def _tile(x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, 
             gate_now = tl.where(full, tl.exp2(tl.fma(kth_val, _LOG2E, -m2)) * _GATE_MARGIN, 0.0)
             hot = ~(d_t < gate_now[:, None]) & rmask[:, None]
             best, kth, full, kth_val = _extract(best, kth, full, kth_val, x, hot, col0, start,
-                                                end, ROWS, NV // TT, TT, VEC, KEY_SHIFT, LOG_V, K_PAD, MASKED)
+                                                end, ROWS, NV // TT, TT, VEC, KEY_SHIFT, LOG_V, MASKED)
         # The next tiles take the fast path while every vector sum stays below both e^_SLACK
         # (no overflow; after a move a sum needs a logit above m + _MOVE to reach it) and
         # 2^(y of the k-th best) (less a margin for rounding): a sum bounds each of its terms.
@@ -492,13 +494,18 @@ def _junction_partials_kernel(
     # gate: a tile whose per-vector sums of 2^y all stay below ``gate`` (and are not NaN) needs
     # neither a rescale nor the top-k (see the loop); 0 (every tile) until the first tile is seen
     gate = tl.zeros([ROWS], tl.float32)
-    j = tl.arange(0, K_PAD)[None, :]
-    # the running top-k as packed keys, distinct padding keys (below every real key) to start;
-    # sorted descending for SORT_TILE, else unsorted with lanes j >= k above every key
-    best = tl.full([ROWS, K_PAD], _KEY_PAD + K_PAD - 1, tl.int64) - j
-    if not SORT_TILE:
-        best = tl.where(j < k, best, _KEY_TOP)
-    kth = tl.min(best, 1)
+    # the running top-k as packed keys, distinct padding keys (below every real key) to start.
+    # SORT_TILE: [ROWS, K_PAD] sorted descending. Else unsorted [ROWS, 32, 2], entry 2 l + h
+    # (two per lane of one warp: its minimum, the k-th best, is a warp reduction), entries >= k
+    # above every key.
+    if SORT_TILE:
+        j = tl.arange(0, K_PAD)[None, :]
+        best = tl.full([ROWS, K_PAD], _KEY_PAD + K_PAD - 1, tl.int64) - j
+        kth = tl.max(tl.where(j == k - 1, best, _KEY_PAD), 1)
+    else:
+        j = tl.arange(0, 32)[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]
+        best = tl.where(j < k, tl.full([ROWS, 32, 2], _KEY_PAD + 2 * 32 - 1, tl.int64) - j, _KEY_TOP)
+        kth = tl.min(tl.min(best, 2), 1)
     kth_val = tl.full([ROWS], float("-inf"), tl.float32)  # k-th best logit once best is full
     full = tl.zeros([ROWS], tl.int1)
     gbest = tl.full([ROWS], _KEY_PAD, tl.int64)
@@ -545,8 +552,12 @@ def _junction_partials_kernel(
     tl.store(stats_ptr + part, m, mask=rmask)
     tl.store(stats_ptr + B * S + part, rebase * d_sum, mask=rmask)
     tl.store(stats_ptr + 2 * B * S + part, rebase * (tl.sum(s, 1) - err * d_sum) / _LOG2E, mask=rmask)
-    k_off = part.to(tl.int64)[:, None] * K_PAD + j
-    tl.store(topk_keys_ptr + k_off, tl.where(j < k, best, _KEY_PAD), mask=rmask[:, None])
+    if SORT_TILE:
+        k_off = part.to(tl.int64)[:, None] * K_PAD + j
+        tl.store(topk_keys_ptr + k_off, tl.where(j < k, best, _KEY_PAD), mask=rmask[:, None])
+    else:
+        k_off = part.to(tl.int64)[:, None, None] * K_PAD + j
+        tl.store(topk_keys_ptr + k_off, tl.where(j < k, best, _KEY_PAD), mask=rmask[:, None, None] & (j < K_PAD))
     if SAMPLE_FULL:
         tl.store(gumbel_keys_ptr + part, gbest, mask=rmask)
 
@@ -724,7 +735,9 @@ def plan_scan(b: int, v: int, k: int, *, num_sms: int = 132, tile: int = _TILE) 
     Depends on ``b`` only through its bucket (powers of 4 up to 16384), so a server compiles a
     handful of variants (``warmup``). Splits: about one wave of programs (each split long, so
     its top-k selection is amortised over many tiles); a tile of ``tile`` elements (8-16 KB of
-    loads, 16 elements a thread at 8 warps); a small V packs several rows into a tile.
+    loads, 32 elements a thread at 4 warps: the per-tile gate and loop cost spread over more
+    elements, and the selection's reductions run on fewer warps); a small V packs several rows
+    into a tile.
     """
     for name, val in (("b", b), ("v", v), ("k", k), ("num_sms", num_sms), ("tile", tile)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
