@@ -11,10 +11,10 @@ Method
   driver-side metadata (n_regs, n_spills) needs a GPU, the cubin's own figures do not.
 - ``vectorized``: every global load on the partials kernel's streaming path is 128-bit.
 - Streaming loop: the partials kernel peels a split's head tile and its masked tail tiles off
-  the body tiles, whose loop (unpredicated 128-bit loads) is unrolled twice. Its cost per tile
-  is the shortest path through one iteration (every tile on the fast path: no mask, no exact
-  path, no top-k) over the tiles it covers; ``instr_per_elem`` of the partials row = that path
-  / the elements a thread loads in it.
+  the body tiles, whose loop (128-bit loads, each tile's issued one tile ahead) is unrolled
+  twice. Its cost per tile is the shortest path through one iteration and its loads (every
+  tile on the fast path: no exact path, no top-k) over the tiles it covers; ``instr_per_elem``
+  of the partials row = that path / the elements a thread loads in it.
 - Selection (``loop_costs``, ``selection_model``): every tile holds the same selection, a
   round loop (one gathered vector per slot) around a step loop (one candidate each; a slot
   holding another candidate is rescanned, the step loop's costliest path). The head tile
@@ -247,10 +247,11 @@ def _through(cfg: Cfg, body, back: set, src: int, stops: list[int]) -> float:
 
 def loop_costs(code: list[Instr]) -> dict:
     """Costs (instructions a warp issues) of the partials kernel, by path. The kernel peels a
-    split's head tile (straight-line code) and its masked tail tiles (the tail loop, predicated
-    loads) off the body tiles (unpredicated 128-bit loads; unrolled, plus a one-tile remainder
-    loop); every tile holds the same selection, a *round* loop (one gathered vector per slot)
-    around a *step* loop (one candidate each).
+    split's head tile (straight-line code) and its masked tail tiles (the tail loop, loads
+    predicated per column) off the body tiles (128-bit loads issued one tile ahead; unrolled,
+    plus a one-tile remainder loop; the last body tile peeled); every tile holds the same
+    selection, a *round* loop (one gathered vector per slot) around a *step* loop (one
+    candidate each).
 
     ``stream``: one body-loop iteration on the cheapest path (no tile leaves the fast path),
     with ``loads`` its global loads (the tiles it covers). ``extract``: a body tile that takes
@@ -268,7 +269,10 @@ def loop_costs(code: list[Instr]) -> dict:
     loads = lambda blocks: [ins for x in blocks for ins in instrs(x) if re.search(r"\bLDG\b", ins.text)]  # noqa: E731
     back = {(lp[1], lp[0]) for lp in cfg.loops}
     ldg_loops = [lp for lp in cfg.loops if loads(lp[2])]
-    body_loops = [lp for lp in ldg_loops if not any(i.text.startswith("@") for i in loads(lp[2]))]
+    # body tiles' loads are unmasked (at most one predicate, the prefetch's); a tail tile's
+    # carry a predicate per column
+    preds = lambda blocks: {i.text.split()[0] for i in loads(blocks) if i.text.startswith("@")}  # noqa: E731
+    body_loops = [lp for lp in ldg_loops if len(preds(lp[2])) <= 1]
     tail_loops = [lp for lp in ldg_loops if lp not in body_loops]
     inner = [lp for lp in cfg.loops if lp not in ldg_loops]
     rounds = [lp for lp in inner if any(o is not lp and o[0] in lp[2] for o in inner)]
@@ -276,15 +280,20 @@ def loop_costs(code: list[Instr]) -> dict:
     iteration = lambda lp: _dist(cfg, lp[2], lp[0], back)[lp[1]]  # noqa: E731
     ex2 = lambda x: sum("MUFU.EX2" in ins.text for ins in instrs(x))  # noqa: E731
 
-    def stream_path(lp):
+    def stream_path(lp):  # cheapest head -> latch through every block with a global load
         head, latch, body = lp
-        fwd = _dist(cfg, body, head, back)
-        path, x = [], latch
-        while True:
-            path.append(x)
-            if x == head:
-                return fwd[latch], path
-            x = min((p for p in body if x in cfg.succ[p] and (p, x) not in back and p in fwd), key=lambda p: fwd[p])
+        stops = sorted((x for x in body if loads([x]) and x != head), key=lambda x: cfg.blocks[x][0]) + [latch]
+        path, total, at = [head], 0.0, head
+        for stop in stops:
+            fwd = _dist(cfg, body, at, back)
+            leg, x = [], stop
+            while x != at:
+                leg.append(x)
+                x = min((p for p in body if x in cfg.succ[p] and (p, x) not in back and p in fwd), key=lambda p: fwd[p])
+            total += fwd[stop] - (_size(cfg, at) if total else 0)
+            path += leg[::-1]
+            at = stop
+        return total, path
 
     main = max(body_loops, key=lambda lp: len(loads(stream_path(lp)[1])))
     single = min(body_loops, key=lambda lp: len(loads(stream_path(lp)[1])))

@@ -5,7 +5,8 @@ Spec: ``sia_kernels.reference.junction_scan_ref``. Public Triton API only; teste
 
 1. ``_junction_partials_kernel``, grid (row blocks × S vocabulary splits): each program streams
    its split in tiles of ``BLOCK_V`` columns (4 warps, 32 bf16 a thread): the head tile, the
-   body tiles (unmasked, two per loop test) and the masked tail tiles, each through ``_tile``.
+   body tiles (unmasked, loaded one tile ahead, two per loop test) and the masked tail tiles,
+   each through ``_tile``.
    Per 16-byte vector of the tile it accumulates the one-pass entropy partials
    d = sum e^(z-m), s = sum e^(z-m)(z-m) against a per-row reference m, reduced across threads
    once, at the end. The fast path of a tile is, per element, one FFMA (z log2 e - m log2 e),
@@ -72,9 +73,9 @@ _TILE = 4096  # elements per tile on a GPU (rows × columns)
 # same kernels take 16x larger tiles and one split there (tests/test_triton_internals.py forces
 # small tiles, many splits and small merge blocks through ``launch_scan(plan=...)``).
 _TILE_INTERPRETED = 65536
-# registers per thread of the partials kernel: three 128-thread programs fit on an SM, and the
-# loop keeps its values (ptxas alone stops at 128 and rematerialises addresses in the loop)
-_MAXNREG = 168
+# register limit of the partials kernel: the hardware's (ptxas left alone stops at 128 and
+# rematerialises addresses inside the loop); it takes 168 or fewer, three programs per SM
+_MAXNREG = 255
 _MAX_SELECT_K = 64  # K_PAD up to this: candidates extracted one by one (_extract); above: a bitonic sort per tile
 _B_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)  # plans (compiled variants) see B only through these
 
@@ -342,24 +343,34 @@ def _sort_select(best, full, kth_val, x, col0, start, end, k,
 
 
 @triton.jit
-def _load_tile(row_ptrs, off, col0, start, end, MASKED: tl.constexpr, BF16_WORDS: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_V: tl.constexpr):
-    """The tile ``off`` columns into the rows' split as float32 [ROWS, BLOCK_V]: masked (-inf
-    outside columns [start, end); lane 0 is column ``col0 + off``) for a split's head and tail
-    tiles, else unmasked 128-bit loads."""
+def _load_tile(row_ptrs, off, col0, start, end, ROWS: tl.constexpr, BLOCK_V: tl.constexpr):
+    """A split's head or tail tile ``off`` columns in, as float32 [ROWS, BLOCK_V]: -inf outside
+    columns [start, end) (lane 0 is column ``col0 + off``)."""
     lanes = tl.arange(0, BLOCK_V)[None, :]
-    if MASKED:
-        cols = col0[:, None] + off + lanes
-        x = tl.load(row_ptrs[:, None] + off + lanes, mask=(cols >= start) & (cols < end), other=float("-inf"))
-        x = x.to(tl.float32)
-    elif BF16_WORDS:  # bf16 pairs as 32-bit words: one shift or one and per element
-        half = tl.arange(0, BLOCK_V // 2)[None, :]
-        words = tl.load(row_ptrs.to(tl.pointer_type(tl.int32))[:, None] + off // 2 + half)
-        lo = (words << 16).to(tl.float32, bitcast=True)
-        hi = (words & -65536).to(tl.float32, bitcast=True)
+    cols = col0[:, None] + off + lanes
+    x = tl.load(row_ptrs[:, None] + off + lanes, mask=(cols >= start) & (cols < end), other=float("-inf"))
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _load_body(row_ptrs, off, BF16_WORDS: tl.constexpr, BLOCK_V: tl.constexpr):
+    """A body tile ``off`` columns into the rows' split, raw: unmasked 128-bit loads of bf16 as
+    int32 words, else at the logits' own width (``_unpack`` makes them float32)."""
+    if BF16_WORDS:
+        return tl.load(row_ptrs.to(tl.pointer_type(tl.int32))[:, None] + off // 2 + tl.arange(0, BLOCK_V // 2)[None, :])
+    else:
+        return tl.load(row_ptrs[:, None] + off + tl.arange(0, BLOCK_V)[None, :])
+
+
+@triton.jit
+def _unpack(raw, BF16_WORDS: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr):
+    """A body tile's raw loads as float32 [ROWS, BLOCK_V]; bf16 words: one shift or one and each."""
+    if BF16_WORDS:
+        lo = (raw << 16).to(tl.float32, bitcast=True)
+        hi = (raw & -65536).to(tl.float32, bitcast=True)
         x = tl.reshape(tl.join(lo, hi), [ROWS, BLOCK_V])
-    else:  # 128-bit loads, no mask: bf16/f16 rows are read at their own width
-        x = tl.load(row_ptrs[:, None] + off + lanes).to(tl.float32)
+    else:
+        x = raw.to(tl.float32)
     return x
 
 
@@ -519,22 +530,27 @@ def _junction_partials_kernel(
     # through the same ``_tile``; only the loads differ.
     if not SAMPLE_FULL:  # unused
         t, sampling, any_sampling, seed = kth_val, full, False, 0
-    x = _load_tile(row_ptrs, 0, col0, start, end, True, BF16_WORDS, ROWS, BLOCK_V)
+    x = _load_tile(row_ptrs, 0, col0, start, end, ROWS, BLOCK_V)
     m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
         x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, kth_val, gbest, k, t, sampling,
         any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K, KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
-    tile_ptrs = row_ptrs
-    col_i = col0
-    for i in tl.range(1, tail, loop_unroll_factor=2):  # two tiles per loop test
-        tile_ptrs += BLOCK_V
-        col_i += BLOCK_V
-        x = _load_tile(tile_ptrs, 0, col_i, start, end, False, BF16_WORDS, ROWS, BLOCK_V)
+    # Body tiles (unmasked 128-bit loads): each one's loads are issued a tile ahead, so two tiles
+    # are in flight per thread; the last one is peeled off (nothing is read past it).
+    if tail > 1:
+        raw = _load_body(row_ptrs, BLOCK_V, BF16_WORDS, BLOCK_V)
+        for i in tl.range(1, tail - 1, loop_unroll_factor=2):  # two tiles per loop test
+            x = _unpack(raw, BF16_WORDS, ROWS, BLOCK_V)
+            raw = _load_body(row_ptrs, (i + 1) * BLOCK_V, BF16_WORDS, BLOCK_V)
+            m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
+                x, rows, rmask, start, end, col0 + i * BLOCK_V, m, m2, d, s, gate, best, kth, full,
+                kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
+                KEY_SHIFT, SORT_TILE, SAMPLE_FULL, False)
         m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
-            x, rows, rmask, start, end, col_i, m, m2, d, s, gate, best, kth, full,
-            kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
-            KEY_SHIFT, SORT_TILE, SAMPLE_FULL, False)
+            _unpack(raw, BF16_WORDS, ROWS, BLOCK_V), rows, rmask, start, end, col0 + (tail - 1) * BLOCK_V, m, m2,
+            d, s, gate, best, kth, full, kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT,
+            LOG_R, LOG_V, K_PAD, LOG_K, KEY_SHIFT, SORT_TILE, SAMPLE_FULL, False)
     for i in range(tl.maximum(tail, 1), n_tiles):
-        x = _load_tile(row_ptrs, i * BLOCK_V, col0, start, end, True, BF16_WORDS, ROWS, BLOCK_V)
+        x = _load_tile(row_ptrs, i * BLOCK_V, col0, start, end, ROWS, BLOCK_V)
         m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
             x, rows, rmask, start, end, col0 + i * BLOCK_V, m, m2, d, s, gate, best, kth, full,
             kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
