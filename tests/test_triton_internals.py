@@ -284,6 +284,8 @@ def test_plan_is_typed_bucketed_and_validated():
     assert p.split_len % 16 == 0 and p.splits * p.split_len >= 151_936
     assert jsk.plan_scan(1, 151_936, 10).splits > p.splits  # small batches split the row more
     assert jsk.plan_scan(256, 151_936, 10) == jsk.plan_scan(300, 151_936, 10) == jsk.plan_scan(5000, 151_936, 10)
+    with pytest.raises(ValueError, match="slots"):
+        jsk.kernel_meta(p._replace(slots=3), torch.bfloat16, scope_full=False, sample_full=False)
     for bad in (dict(b=0), dict(v=-1), dict(k=True), dict(num_sms=0)):
         args = dict(b=4, v=100, k=5, num_sms=132) | bad
         with pytest.raises(ValueError, match=next(iter(bad))):

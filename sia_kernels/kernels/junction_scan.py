@@ -795,6 +795,8 @@ def kernel_meta(p: ScanPlan, dtype: torch.dtype, scope_full: bool, sample_full: 
     bench/sass_budget.py compiles the same)."""
     vec = 16 // torch.empty((), dtype=dtype).element_size()
     nv = max(1, p.block_v // vec)
+    if p.slots and p.slots & (p.slots - 1):
+        raise ValueError(f"plan.slots must be 0 or a power of two, got {p.slots}")
     return {
         "partials": dict(
             ROWS=p.rows1, BLOCK_V=p.block_v, LOG_R=_log2(p.rows1), LOG_V=_log2(p.block_v), K_PAD=p.k_pad,
