@@ -259,20 +259,21 @@ def loop_costs(code: list[Instr]) -> dict:
     more iteration of those loops. ``outside``: entry to exit outside every loop, through the
     head tile's exact path (the block with the most MUFU.EX2: the (m, d, s) recompute) and
     one of its rounds. ``tail``: one tail-loop iteration through its exact path and one round.
-    Without round loops (the bitonic top-k, K_PAD > 64) ``extract`` and the head's and tail's
-    selection take the costliest forward path (a bitonic sort of the tile) and the rounds and
-    steps cost 0. ``path``: the stream path's instructions."""
+    Without round loops (the bitonic top-k, K_PAD > 64: one loop for every tile, its body loads
+    in one branch) ``extract``, the head tile and ``tail`` take the loop's costliest forward path
+    (a bitonic sort of the tile) and the rounds and steps cost 0. ``path``: the stream path's
+    instructions."""
     cfg = build_cfg(code)
     n = len(cfg.blocks)
     instrs = lambda x: code[cfg.blocks[x][0]:cfg.blocks[x][1] + 1]  # noqa: E731
-    has = lambda blocks, op: any(op in ins.text for x in blocks for ins in instrs(x))  # noqa: E731
     loads = lambda blocks: [ins for x in blocks for ins in instrs(x) if re.search(r"\bLDG\b", ins.text)]  # noqa: E731
     back = {(lp[1], lp[0]) for lp in cfg.loops}
     ldg_loops = [lp for lp in cfg.loops if loads(lp[2])]
-    # body tiles' loads are unmasked (at most one predicate, the prefetch's); a tail tile's
-    # carry a predicate per column
+    # a body tile's loads are 128-bit and unmasked (at most one predicate, for the whole tile);
+    # a masked (head or tail) tile's carry a predicate per column
     preds = lambda blocks: {i.text.split()[0] for i in loads(blocks) if i.text.startswith("@")}  # noqa: E731
-    body_loops = [lp for lp in ldg_loops if len(preds(lp[2])) <= 1]
+    body_load = lambda x: bool(loads([x])) and len(preds([x])) <= 1 and all(".128" in i.text for i in loads([x]))  # noqa: E731
+    body_loops = [lp for lp in ldg_loops if any(body_load(x) for x in lp[2])]
     tail_loops = [lp for lp in ldg_loops if lp not in body_loops]
     inner = [lp for lp in cfg.loops if lp not in ldg_loops]
     rounds = [lp for lp in inner if any(o is not lp and o[0] in lp[2] for o in inner)]
@@ -280,9 +281,9 @@ def loop_costs(code: list[Instr]) -> dict:
     iteration = lambda lp: _dist(cfg, lp[2], lp[0], back)[lp[1]]  # noqa: E731
     ex2 = lambda x: sum("MUFU.EX2" in ins.text for ins in instrs(x))  # noqa: E731
 
-    def stream_path(lp):  # cheapest head -> latch through every block with a global load
+    def stream_path(lp, through=body_load):  # cheapest head -> latch through the (body) load blocks
         head, latch, body = lp
-        stops = sorted((x for x in body if loads([x]) and x != head), key=lambda x: cfg.blocks[x][0]) + [latch]
+        stops = sorted((x for x in body if through(x) and x != head), key=lambda x: cfg.blocks[x][0]) + [latch]
         path, total, at = [head], 0.0, head
         for stop in stops:
             fwd = _dist(cfg, body, at, back)
@@ -315,10 +316,13 @@ def loop_costs(code: list[Instr]) -> dict:
         return best.get(dst, math.inf)
 
     outside_region = frozenset(x for x in range(n) if not any(x in lp[2] for lp in ldg_loops))
+    # the head tile: the code before the first tile loop (the peeled last body tile comes after it)
+    first_loop = min(cfg.blocks[lp[0]][0] for lp in ldg_loops)
+    head_region = frozenset(x for x in outside_region if cfg.blocks[x][0] < first_loop)
     exits = [x for x in range(n) if not cfg.succ[x]]
-    head_rounds = [lp for lp in rounds if lp[0] in outside_region]
+    head_rounds = [lp for lp in rounds if lp[0] in head_region]
     all_blocks = frozenset(range(n))
-    fix_head = fix_block(outside_region, set())
+    fix_head = fix_block(head_region, set())
     to_exit = lambda dist: min(dist.get(x, math.inf) for x in exits)  # noqa: E731
     if rounds:
         s_round = next(lp for lp in rounds if lp[0] in single[2])
@@ -333,11 +337,13 @@ def loop_costs(code: list[Instr]) -> dict:
     else:
         round_cost = step_cost = rescan = 0
         extract = longest(single[2], single[0], single[1])
-        outside = to_exit(_dist(cfg, all_blocks, 0, back)) + longest(outside_region, 0, max(outside_region))
+        outside = to_exit(_dist(cfg, all_blocks, 0, back))
     tail = 0.0
-    if tail_loops:
+    if not tail_loops:  # one loop for every tile (the bitonic top-k): the head is a selection tile too
+        outside, tail = outside + extract, extract
+    else:
         tl_ = tail_loops[0]
-        fix_t = fix_block(tl_[2], set(stream_path(tl_)[1]))
+        fix_t = fix_block(tl_[2], set(stream_path(tl_, lambda x: bool(loads([x])))[1]))
         t_round = [lp for lp in rounds if lp[0] in tl_[2]]
         stops = [fix_t] + ([t_round[0][0]] if t_round else []) + [tl_[1]]
         tail = _through(cfg, tl_[2], back, tl_[0], stops) if t_round else longest(tl_[2], tl_[0], tl_[1])
@@ -393,7 +399,8 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
     rounds = max(1, p.block_v // mp["VEC"] // mp["TT"])
     sel = selection_model(n_tiles, k, p.rows1, rounds)
     extra = c["extract"] - c["single"]  # a tile's selection (one round, no step) over its fast path
-    w1 = (c["outside"] + (rounds - 1) * c["round"] + sel["head_steps"] * c["step"] + min(k, sel["head_steps"]) * c["rescan"]
+    w1 = (c["outside"] + (rounds - 1) * c["round"] + sel["head_steps"] * c["step"]
+          + min(k, sel["head_steps"]) * c["rescan"]
           + sum(stream + sel["p_sel"][t] * extra for t in range(body_tiles)) + tail_tiles * c["tail"]
           + sum(sel["steps"]) * c["step"])
     programs1 = math.ceil(b / p.rows1) * p.splits

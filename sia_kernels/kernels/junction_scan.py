@@ -6,7 +6,7 @@ Spec: ``sia_kernels.reference.junction_scan_ref``. Public Triton API only; teste
 1. ``_junction_partials_kernel``, grid (row blocks × S vocabulary splits): each program streams
    its split in tiles of ``BLOCK_V`` columns (4 warps, 32 bf16 a thread): the head tile, the
    body tiles (unmasked, loaded one tile ahead, two per loop test) and the masked tail tiles,
-   each through ``_tile``.
+   each through ``_tile`` (K_PAD > 64: 8 warps and one loop, as a tile's sort is large code).
    Per 16-byte vector of the tile it accumulates the one-pass entropy partials
    d = sum e^(z-m), s = sum e^(z-m)(z-m) against a per-row reference m, reduced across threads
    once, at the end. The fast path of a tile is, per element, one FFMA (z log2 e - m log2 e),
@@ -77,6 +77,7 @@ _TILE_INTERPRETED = 65536
 # rematerialises addresses inside the loop); it takes 168 or fewer, three programs per SM
 _MAXNREG = 255
 _MAX_SELECT_K = 64  # K_PAD up to this: candidates extracted one by one (_extract); above: a bitonic sort per tile
+_KEPT = tl.constexpr(64)  # entries of the unsorted running top-k (K_PAD <= _MAX_SELECT_K): [ROWS, 32, 2]
 _B_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)  # plans (compiled variants) see B only through these
 
 
@@ -89,13 +90,23 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _pack_key(x, idx):
-    """float32 ``x`` and int ``idx`` -> int64 key ordered by (x, then lower idx)."""
-    x = tl.where(x == 0.0, 0.0, x)  # -0.0 == +0.0: same key, so the tie goes to the lower id
-    bits = x.to(tl.int32, bitcast=True)
-    mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negatives: flip magnitude bits -> signed order
+def _mono(x):
+    """float32 ``x`` -> int32 in the same order (-0.0 and +0.0 equal, so a tie goes to the id)."""
+    bits = (x + 0.0).to(tl.int32, bitcast=True)  # -0.0 + 0.0 = +0.0; a NaN stays a NaN
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negatives: flip magnitude bits -> signed order
+
+
+@triton.jit
+def _pack_mono(mono, idx):
+    """``_mono`` value and int ``idx`` -> int64 key ordered by (value, then lower idx)."""
     low = (~idx.to(tl.int32)).to(tl.uint32, bitcast=True).to(tl.int64)  # zero-extended ~id
     return (mono.to(tl.int64) << 32) | low
+
+
+@triton.jit
+def _pack_key(x, idx):
+    """float32 ``x`` and int ``idx`` -> int64 key ordered by (x, then lower idx)."""
+    return _pack_mono(_mono(x), idx)
 
 
 @triton.jit
@@ -226,8 +237,7 @@ def _slot_keys(xg, lanes, cand, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
     of the type where not ``cand``. 16-bit logits (KEY_SHIFT > LOG_V): one int32, the value's
     monotone bits in place over the lane (their KEY_SHIFT low bits are padding); else int64."""
     lane_bits = (2**LOG_V - 1 - lanes) << 1
-    bits = (xg + 0.0).to(tl.int32, bitcast=True)  # + 0.0: -0.0 -> +0.0 (equal logits, lane order)
-    mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    mono = _mono(xg)
     if KEY_SHIFT > LOG_V:
         return tl.where(cand, (mono & -(2**KEY_SHIFT)) | lane_bits, -(2**31))
     else:
@@ -237,13 +247,11 @@ def _slot_keys(xg, lanes, cand, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
 @triton.jit
 def _slot_key_global(c, col0, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
     """The packed int64 key (``_pack_key``) of a ``_slot_keys`` key ``c`` [ROWS] (flag ignored)."""
-    lane = ((c >> 1) & (2**LOG_V - 1)).to(tl.int32)
-    low = (~(col0 + (2**LOG_V - 1) - lane)).to(tl.uint32, bitcast=True).to(tl.int64)
+    col = col0 + (2**LOG_V - 1) - ((c >> 1) & (2**LOG_V - 1)).to(tl.int32)
     if KEY_SHIFT > LOG_V:
-        pad = (c >> 31) & (2**KEY_SHIFT - 1)  # a negative's padding bits were ones
-        return (((c & -(2**KEY_SHIFT)) | pad).to(tl.int64) << 32) | low
+        return _pack_mono((c & -(2**KEY_SHIFT)) | ((c >> 31) & (2**KEY_SHIFT - 1)), col)  # padding: sign bits
     else:
-        return ((c >> 32) << 32) | low
+        return _pack_mono((c >> 32).to(tl.int32), col)
 
 
 @triton.jit
@@ -320,7 +328,7 @@ def _extract(best, kth, full, kth_val, x, hot, col0, start, end,
             c = tl.max(m1, 1)
             gk = _slot_key_global(c, col0, KEY_SHIFT, LOG_V)
             viable = (c > empty) & (gk > kth)
-        full = kth > _KEY_PAD + 2 * 32
+        full = kth > _KEY_PAD + _KEPT
         kth_val = tl.where(full, _key_value(kth), float("-inf"))
         hot3 = hot3 & ~sel
     return best, kth, full, kth_val
@@ -515,7 +523,7 @@ def _junction_partials_kernel(
         kth = tl.max(tl.where(j == k - 1, best, _KEY_PAD), 1)
     else:
         j = tl.arange(0, 32)[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]
-        best = tl.where(j < k, tl.full([ROWS, 32, 2], _KEY_PAD + 2 * 32 - 1, tl.int64) - j, _KEY_TOP)
+        best = tl.where(j < k, tl.full([ROWS, 32, 2], _KEY_PAD + _KEPT - 1, tl.int64) - j, _KEY_TOP)
         kth = tl.min(tl.min(best, 2), 1)
     kth_val = tl.full([ROWS], float("-inf"), tl.float32)  # k-th best logit once best is full
     full = tl.zeros([ROWS], tl.int1)
@@ -527,34 +535,46 @@ def _junction_partials_kernel(
         seed = tl.load(seed_ptr)
 
     # The head tile, the body tiles (unmasked 128-bit loads) and the tail tiles (0 to 2), each
-    # through the same ``_tile``; only the loads differ.
+    # through the same ``_tile``; only the loads differ. A bitonic sort per tile (K_PAD > 64) is
+    # large code: there, one loop holds the only copy of ``_tile`` and the load alone branches.
     if not SAMPLE_FULL:  # unused
         t, sampling, any_sampling, seed = kth_val, full, False, 0
-    x = _load_tile(row_ptrs, 0, col0, start, end, ROWS, BLOCK_V)
-    m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
-        x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, kth_val, gbest, k, t, sampling,
-        any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K, KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
-    # Body tiles (unmasked 128-bit loads): each one's loads are issued a tile ahead, so two tiles
-    # are in flight per thread; the last one is peeled off (nothing is read past it).
-    if tail > 1:
-        raw = _load_body(row_ptrs, BLOCK_V, BF16_WORDS, BLOCK_V)
-        for i in tl.range(1, tail - 1, loop_unroll_factor=2):  # two tiles per loop test
-            x = _unpack(raw, BF16_WORDS, ROWS, BLOCK_V)
-            raw = _load_body(row_ptrs, (i + 1) * BLOCK_V, BF16_WORDS, BLOCK_V)
+    if SORT_TILE:
+        for i in range(0, n_tiles):
+            if (i == 0) | (i >= tail):
+                x = _load_tile(row_ptrs, i * BLOCK_V, col0, start, end, ROWS, BLOCK_V)
+            else:
+                x = _unpack(_load_body(row_ptrs, i * BLOCK_V, BF16_WORDS, BLOCK_V), BF16_WORDS, ROWS, BLOCK_V)
             m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
                 x, rows, rmask, start, end, col0 + i * BLOCK_V, m, m2, d, s, gate, best, kth, full,
                 kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
-                KEY_SHIFT, SORT_TILE, SAMPLE_FULL, False)
+                KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
+    else:
+        x = _load_tile(row_ptrs, 0, col0, start, end, ROWS, BLOCK_V)
         m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
-            _unpack(raw, BF16_WORDS, ROWS, BLOCK_V), rows, rmask, start, end, col0 + (tail - 1) * BLOCK_V, m, m2,
-            d, s, gate, best, kth, full, kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT,
-            LOG_R, LOG_V, K_PAD, LOG_K, KEY_SHIFT, SORT_TILE, SAMPLE_FULL, False)
-    for i in range(tl.maximum(tail, 1), n_tiles):
-        x = _load_tile(row_ptrs, i * BLOCK_V, col0, start, end, ROWS, BLOCK_V)
-        m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
-            x, rows, rmask, start, end, col0 + i * BLOCK_V, m, m2, d, s, gate, best, kth, full,
-            kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
-            KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
+            x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, kth_val, gbest, k, t, sampling,
+            any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K, KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
+        # Body tiles (unmasked 128-bit loads): each one's loads are issued a tile ahead, so two tiles
+        # are in flight per thread; the last one is peeled off (nothing is read past it).
+        if tail > 1:
+            raw = _load_body(row_ptrs, BLOCK_V, BF16_WORDS, BLOCK_V)
+            for i in tl.range(1, tail - 1, loop_unroll_factor=2):  # two tiles per loop test
+                x = _unpack(raw, BF16_WORDS, ROWS, BLOCK_V)
+                raw = _load_body(row_ptrs, (i + 1) * BLOCK_V, BF16_WORDS, BLOCK_V)
+                m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
+                    x, rows, rmask, start, end, col0 + i * BLOCK_V, m, m2, d, s, gate, best, kth, full,
+                    kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
+                    KEY_SHIFT, SORT_TILE, SAMPLE_FULL, False)
+            m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
+                _unpack(raw, BF16_WORDS, ROWS, BLOCK_V), rows, rmask, start, end, col0 + (tail - 1) * BLOCK_V, m, m2,
+                d, s, gate, best, kth, full, kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT,
+                LOG_R, LOG_V, K_PAD, LOG_K, KEY_SHIFT, SORT_TILE, SAMPLE_FULL, False)
+        for i in range(tl.maximum(tail, 1), n_tiles):
+            x = _load_tile(row_ptrs, i * BLOCK_V, col0, start, end, ROWS, BLOCK_V)
+            m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
+                x, rows, rmask, start, end, col0 + i * BLOCK_V, m, m2, d, s, gate, best, kth, full,
+                kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
+                KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
 
     if (tl.program_id(0) == 0) & (split == 0):
         tl.store(ticket_ptr, 0)  # whatever an earlier, aborted scan left there
@@ -781,7 +801,8 @@ def plan_scan(b: int, v: int, k: int, *, num_sms: int = 132, tile: int = _TILE) 
     tile2 = rows2 * s_pad * k_pad
     return ScanPlan(
         rows1=rows1, block_v=block_v, k_pad=k_pad, splits=splits, split_len=split_len, s_pad=s_pad,
-        rows2=rows2, warps1=4, warps2=max(4, min(8, tile2 // 128)),
+        # 8 warps where a tile is sorted (K_PAD > 64: 16 elements a thread), else 4 (32 a thread)
+        rows2=rows2, warps1=8 if k_pad > _MAX_SELECT_K else 4, warps2=max(4, min(8, tile2 // 128)),
         maxnreg1=_MAXNREG,
     )
 
@@ -801,7 +822,8 @@ def kernel_meta(p: ScanPlan, dtype: torch.dtype, scope_full: bool, sample_full: 
         "partials": dict(
             ROWS=p.rows1, BLOCK_V=p.block_v, LOG_R=_log2(p.rows1), LOG_V=_log2(p.block_v), K_PAD=p.k_pad,
             LOG_K=_log2(p.k_pad), VEC=vec, BF16_WORDS=dtype == torch.bfloat16, SORT_TILE=p.k_pad > _MAX_SELECT_K,
-            TT=min(nv, p.slots or 32 * p.warps1), SAMPLE_FULL=sample_full, KEY_SHIFT={torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0),
+            TT=min(nv, p.slots or 32 * p.warps1), SAMPLE_FULL=sample_full,
+            KEY_SHIFT={torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0),
             num_warps=p.warps1, **({"maxnreg": p.maxnreg1} if p.maxnreg1 else {}),
         ),
         "merge": dict(
