@@ -13,6 +13,7 @@ count sets torch's intra-op pool, which is also what the C++ scan op is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 __all__ = ["add_runtime_args", "apply_runtime_args", "default_threads", "threads_arg", "quiet_libraries",
@@ -203,3 +204,27 @@ def restore_sigterm(previous) -> None:
 
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold SIGINT and SIGTERM for the ``with`` block: one that arrives meanwhile is raised again,
+    with the handler it had before, when the block ends. A batch's output rows are written inside
+    it, so a signal never keeps one finished row of a batch and loses the next. Outside the main
+    thread (where handlers cannot be set) nothing is held."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        if caught:
+            signal.raise_signal(caught[0])

@@ -176,6 +176,54 @@ def test_a_signal_keeps_the_finished_rows_and_resume_finishes_them(files, tmp_pa
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_a_batch_is_written_keeps_the_whole_batch(files, tmp_path, monkeypatch, sig, code, capsys):
+    """The signal arrives right after a batch's first row is written (in-process, so exactly there):
+    the batch's second row is finished too and must not be lost."""
+    from sia_kernels.jsonl import JsonlWriter
+
+    write = JsonlWriter.write
+
+    def write_then_signal(self, row):
+        write(self, row)
+        if self.rows == 3:  # the first row of the second batch
+            signal.raise_signal(sig)
+
+    monkeypatch.setattr(JsonlWriter, "write", write_then_signal)
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--model", str(files / "base"), "--gate", "never", "--prompts", str(files / "in.jsonl"),
+            "--out", str(out), "--eos-token-id", "none", "--threads", "1", "--batch-size", "2",
+            "--max-new-tokens", "3", "--no-progress"]
+    assert cli.main(argv) == code
+    assert [json.loads(line)["i"] for line in out.read_text().splitlines()] == [0, 1, 2, 3]
+    assert "4 of 10 rows" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are put back
+
+
+def test_signals_held_raises_a_held_signal_after_the_block_with_the_old_handler():
+    from sia_kernels.runtime import Terminated, restore_sigterm, signals_held, stop_on_sigterm
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            signal.raise_signal(signal.SIGINT)
+            done.append("after the signal")
+    assert done == ["after the signal"]
+    previous = stop_on_sigterm()
+    try:
+        with pytest.raises(Terminated):
+            with signals_held():
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGINT)  # the first one held wins
+                done.append("both held")
+        assert done[-1] == "both held"
+        with signals_held():  # nothing arrives: nothing is raised
+            pass
+    finally:
+        restore_sigterm(previous)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.slow
 def test_a_signal_before_the_first_row_leaves_the_old_out_intact(files, tmp_path):
     out = tmp_path / "out.jsonl"

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..config import GATES, MODEL_DEFAULT, VALUE_MODES, SIAConfig
 from ..jsonl import JsonlWriter, read_jsonl
 from ..ops import BACKENDS, SCOPES
-from ..runtime import add_runtime_args, check_model_arg, resolve_device
+from ..runtime import add_runtime_args, check_model_arg, resolve_device, signals_held
 
 __all__ = ["add_generate_args", "generate_main", "read_prompts", "build_config"]
 
@@ -264,8 +264,9 @@ def generate_main(args: argparse.Namespace) -> int:
     totals = dict.fromkeys(keys, 0)
     times: dict[str, float] = {}
     with JsonlWriter(out) as writer:
-        for row in done:
-            writer.write(row)
+        with signals_held():  # a signal now would commit fewer rows than --out had
+            for row in done:
+                writer.write(row)
         try:
             with profile_trace(args.profile), tqdm(total=len(rows), initial=len(done), desc="sia generate",
                                                    unit="prompt", disable=args.no_progress, file=sys.stderr) as bar:
@@ -274,8 +275,9 @@ def generate_main(args: argparse.Namespace) -> int:
                     cfg = config if config.seed is None else config.replace(seed=config.seed + i // args.batch_size)
                     res = generate(model, vm, prompts=[r[args.prompt_field] for r in batch], tokenizer=tokenizer,
                                    config=cfg)
-                    for row, text, st in zip(batch, res.texts, res.row_stats):
-                        writer.write(_out_row(row, args.output_field, text, st))
+                    with signals_held():  # a batch's rows are kept all or none
+                        for row, text, st in zip(batch, res.texts, res.row_stats):
+                            writer.write(_out_row(row, args.output_field, text, st))
                     s = res.stats
                     for key in keys:
                         totals[key] += getattr(s, key)
