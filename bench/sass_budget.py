@@ -15,22 +15,24 @@ Method
   twice. Its cost per tile is the shortest path through one iteration and its loads (every
   tile on the fast path: no exact path, no top-k) over the tiles it covers; ``instr_per_elem``
   of the partials row = that path / the elements a thread loads in it.
-- Selection (``loop_costs``, ``selection_model``): every tile holds the same selection, a
-  round loop (one gathered vector per slot) around a step loop (one candidate each; a slot
-  holding another candidate is rescanned, the step loop's costliest path). The head tile
-  (straight-line code) takes the exact path (the block with the most MUFU.EX2: the (m, d, s)
-  recompute) and ``rounds`` rounds (its vectors per slot); a body tile that holds a logit
-  above the running k-th best costs the one-tile remainder loop's path through its round loop
-  over its fast path, plus one step per candidate; a tail tile always takes the exact path
-  and one round. For K_PAD > 64 (no round loops) such a tile costs the costliest forward
-  path (a bitonic sort of the tile). Counts come from a random-order model (logits in random
-  order): the head's rounds insert k, then k / r in round r (the first round's k steps each
-  rescan: every slot holds several candidates); tile t >= 2 holds k / t of the running top-k
-  in expectation and needs the selection with probability 1 - (1 - 1/t)^k. Not counted:
+- Selection (``loop_costs``, ``head_model``, ``selection_model``): every tile holds the same
+  selection, a round loop (one gathered vector per slot) around a step loop (one candidate
+  each; a slot holding another candidate is rescanned, the step loop's costliest path). The
+  head tile (straight-line code) takes the exact path (the block with the most MUFU.EX2: the
+  (m, d, s) recompute), the floor (``_seed``: the block with the most REDUX.SUM, its counts)
+  and the rounds, steps and rescans that ``head_model`` counts by running the kernel's head
+  extraction on iid normal logits (a fixed seed, the busiest of the program's rows). A body
+  tile that holds a logit above the running k-th best costs the one-tile remainder loop's
+  path through its round loop over its fast path, plus one step per candidate; a tail tile
+  always takes the exact path and one round. For K_PAD > 64 (no round loops) such a tile
+  costs the costliest forward path (a bitonic sort of the tile). Tiles t >= 2 follow a
+  random-order model (logits in random order): tile t holds k / t of the running top-k in
+  expectation and needs the selection with probability 1 - (1 - 1/t)^k. Not counted:
   exact-path body tiles (-inf or NaN runs, the rare moves of the reference) and extra rounds
-  where one slot holds two hot vectors.
+  where one slot of a body tile holds two hot vectors.
 - Merge: its straight-line code once per program; the compaction loops (run by the last
-  program) once per block of rows.
+  program) once per block of rows. ``k`` divisible by 16 is compiled as such (Triton's
+  launcher specialises it: the compaction's copies are 128-bit).
 - Issue-bound time: each warp issues at most one instruction per clock and each SM's four
   schedulers one each, with programs spread evenly over the SMs: time = W * max(1, warps per
   SM / 4) / clock per kernel, W the instructions a warp issues. This is a LOWER BOUND on the
@@ -63,6 +65,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
@@ -103,8 +106,9 @@ def _bin(tool: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def compile_kernel(name: str, arch: int, dtype: torch.dtype, meta_items: tuple) -> tuple[str, dict]:
-    """(SASS text, {regs, local}) of kernel ``name`` compiled for sm_``arch`` with ``meta``."""
+def compile_kernel(name: str, arch: int, dtype: torch.dtype, meta_items: tuple, divisible: tuple = ()) -> tuple[str, dict]:
+    """(SASS text, {regs, local}) of kernel ``name`` compiled for sm_``arch`` with ``meta``;
+    the int arguments in ``divisible`` are specialised as multiples of 16."""
     fn = jsk.KERNELS[name]
     meta = dict(meta_items)
     options = {opt: meta.pop(opt) for opt in ("num_warps", "maxnreg") if opt in meta}  # launch options
@@ -117,6 +121,8 @@ def compile_kernel(name: str, arch: int, dtype: torch.dtype, meta_items: tuple) 
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             sig[arg] = "i32"
+            if arg in divisible:  # what Triton's launcher specialises an int divisible by 16 to
+                attrs[(i,)] = [["tt.divisibility", 16]]
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=meta, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.TemporaryDirectory() as tmp:
@@ -331,7 +337,9 @@ def loop_costs(code: list[Instr]) -> dict:
         # a step whose slot holds another candidate rescans it: the step loop's costliest path
         rescan = longest(stp[2], stp[0], stp[1]) - step_cost
         extract = _through(cfg, single[2], back, single[0], [s_round[0], single[1]])
-        via = [fix_head, head_rounds[0][0]]
+        # the head's floor (``_seed``): the block with the most REDUX.SUM (its counts)
+        seed = max(head_region, key=lambda x: sum("REDUX.SUM" in ins.text for ins in instrs(x)))
+        via = sorted({fix_head, seed, head_rounds[0][0]}, key=lambda x: cfg.blocks[x][0])
         outside = _through(cfg, all_blocks, back, 0, via) + to_exit(_dist(cfg, all_blocks, head_rounds[0][0], back)) \
             - _size(cfg, head_rounds[0][0])
     else:
@@ -358,18 +366,61 @@ def loads_vectorized(path: list[Instr]) -> bool:
     return bool(lds) and all(".128" in t for t in lds)
 
 
-def selection_model(n_tiles: int, k: int, rows: int, rounds: int) -> dict:
+def head_model(nv: int, vec: int, tt: int, k: int, rows: int, trials: int = 64) -> dict:
+    """The head tile's extraction, run on iid normal logits exactly as the kernel does it:
+    the ``_seed`` floor (the k-th largest of the nv vector maxima, when at least k), the hot
+    vectors (maximum >= the floor), rounds (each of the ``tt`` slots gathers its next hot
+    vector: vector v is slot v % tt's), candidates above the floor or, once the row holds k,
+    above the k-th best at the round's start; steps take the largest candidate while it beats
+    the k-th best, a step whose slot holds another candidate rescans it. Returns the mean
+    rounds, steps and rescans of the busiest of ``rows`` rows (deterministic: a fixed seed)."""
+    rng = np.random.default_rng(0)
+    out = np.zeros(3)
+    for _ in range(trials):
+        worst = np.zeros(3)
+        for _ in range(rows):
+            x = rng.standard_normal((nv, vec)).astype(np.float32)
+            vmax = x.max(1)
+            floor = np.sort(vmax)[-k] if nv >= k else -np.inf
+            hot = vmax >= floor
+            best: list[float] = []
+            rounds = steps = rescans = 0
+            while hot.any():
+                rounds += 1
+                picked = [next(v for v in range(t, nv, tt) if hot[v]) for t in range(tt) if hot[t::tt].any()]
+                thr = min(best) if len(best) >= k else None
+                slots = [sorted((y for y in x[v] if (y > thr if thr is not None else y >= floor)), reverse=True)
+                         for v in picked]
+                slots = [c for c in slots if c]
+                while slots:
+                    i = max(range(len(slots)), key=lambda n: slots[n][0])
+                    c = slots[i][0]
+                    if len(best) >= k and c <= min(best):
+                        break
+                    if len(best) >= k:
+                        best.remove(min(best))
+                    best.append(c)
+                    steps += 1
+                    rescans += len(slots[i]) > 1
+                    slots[i] = slots[i][1:]
+                    if not slots[i]:
+                        slots.pop(i)
+                hot[picked] = False
+            worst = np.maximum(worst, [rounds, steps, rescans])
+        out += worst
+    rounds, steps, rescans = out / trials
+    return dict(rounds=float(rounds), steps=float(steps), rescans=float(rescans))
+
+
+def selection_model(n_tiles: int, k: int, rows: int) -> dict:
     """Random order (logits in random order along the row): of the running top-k after the
-    tiles before, tile t holds k / t in expectation, each inserted by one step. The head
-    tile's rounds (``rounds`` gathered vectors per slot) insert k, then k / r in round r.
-    Returns the head's steps and, for tiles t >= 2, the probability that it runs the
-    selection and its expected steps. With several rows in a program the busiest row sets the
-    pace (~ mean + sqrt(2 mean ln rows))."""
+    tiles before, tile t holds k / t in expectation, each inserted by one step. Returns, for
+    tiles t >= 2, the probability that it runs the selection and its expected steps. With
+    several rows in a program the busiest row sets the pace (~ mean + sqrt(2 mean ln rows))."""
     busiest = lambda lam: lam + math.sqrt(2 * lam * math.log(rows))  # noqa: E731
-    head_steps = busiest(k * sum(1 / r for r in range(1, rounds + 1)))  # the first round's k rescan
     p_sel = [1 - ((1 - 1 / t) ** k) ** rows for t in range(2, n_tiles + 1)]
     steps = [busiest(k / t) for t in range(2, n_tiles + 1)]
-    return dict(head_steps=head_steps, p_sel=p_sel, steps=steps)
+    return dict(p_sel=p_sel, steps=steps)
 
 
 def issue_time_s(warp_instr: float, programs: int, warps: int, gpu: Gpu) -> float:
@@ -396,11 +447,12 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
     n_tiles = math.ceil((p.split_len + mp["VEC"] - 1) / p.block_v)
     body_tiles = max(p.split_len // p.block_v, 1) - 1
     tail_tiles = n_tiles - 1 - body_tiles
-    rounds = max(1, p.block_v // mp["VEC"] // mp["TT"])
-    sel = selection_model(n_tiles, k, p.rows1, rounds)
+    sel = selection_model(n_tiles, k, p.rows1)
+    head = head_model(p.block_v // mp["VEC"], mp["VEC"], mp["TT"], k, p.rows1) if c["round"] else None
     extra = c["extract"] - c["single"]  # a tile's selection (one round, no step) over its fast path
-    w1 = (c["outside"] + (rounds - 1) * c["round"] + sel["head_steps"] * c["step"]
-          + min(k, sel["head_steps"]) * c["rescan"]
+    if head is None:  # K_PAD > 64: the head sorts its tile (in ``outside``)
+        head = dict(rounds=1, steps=0, rescans=0)
+    w1 = (c["outside"] + (head["rounds"] - 1) * c["round"] + head["steps"] * c["step"] + head["rescans"] * c["rescan"]
           + sum(stream + sel["p_sel"][t] * extra for t in range(body_tiles)) + tail_tiles * c["tail"]
           + sum(sel["steps"]) * c["step"])
     programs1 = math.ceil(b / p.rows1) * p.splits
@@ -413,7 +465,8 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
     total_s += t1
 
     # ---- merge (+ compaction by the last program)
-    sass, use = compile_kernel("merge", arch, dtype, tuple(sorted(meta["merge"].items())))
+    sass, use = compile_kernel("merge", arch, dtype, tuple(sorted(meta["merge"].items())),
+                               ("k",) if k % 16 == 0 else ())
     code = parse_sass(sass)
     in_loops = sum(sum(_size(cfg, x) for x in lp[2]) for cfg in [build_cfg(code)] for lp in cfg.loops)
     programs2 = math.ceil(b / p.rows2)
@@ -431,8 +484,8 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
                      spill_bytes=sum(r["spill_bytes"] for r in rows), vectorized=rows[0]["vectorized"],
                      instr_per_elem=round(total_instr / (b * v), 2), issue_bound_us=round(total_s * 1e6, 3),
                      hbm_floor_us=round(floor * 1e6, 3)))
-    rows[0]["_detail"] = dict(plan=p, per_thread=per_thread, n_tiles=n_tiles, rounds=rounds, w1=w1,
-                              head_steps=sel["head_steps"], sel_tiles=sum(sel["p_sel"][:body_tiles]),
+    rows[0]["_detail"] = dict(plan=p, per_thread=per_thread, n_tiles=n_tiles, w1=w1,
+                              **{"head_" + x: y for x, y in head.items()}, sel_tiles=sum(sel["p_sel"][:body_tiles]),
                               sel_steps=sum(sel["steps"]),
                               **{x: c[x] for x in ("stream", "loads", "extract", "single", "round", "step", "rescan",
                                                    "outside", "tail")})

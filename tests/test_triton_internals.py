@@ -136,6 +136,36 @@ def test_extraction_and_fast_path(dtype, k, rows1):
         assert_matches(out, logits, k, tau, "full")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("k", [4, 10])
+def test_first_tile_floor(dtype, k):
+    """A row's first tile extracts only the logits at or above its floor (the k-th largest
+    vector maximum, ``_seed``): ties at the floor in one vector and across vectors, a floor of
+    exactly zero (signed zeros equal), negative floors, exactly k vectors above -inf (the floor
+    is the smallest of them) and fewer (no floor: -inf logits are candidates, lower ids first)."""
+    b, v = 8, 512
+    z = torch.randn(b, v, generator=torch.Generator().manual_seed(11))
+    z[0] = -1.0
+    z[0, 40:120] = 0.0  # the floor is exactly zero: -0.0 at even ids, +0.0 at odd ones
+    z[0, 40:120:2] = -0.0
+    z[0, 200:203] = 0.5
+    z[1] = -2.0
+    z[1, 8:16] = -1.0  # one vector of ties at a negative floor, and more in other vectors
+    z[1, 300:340:5] = -1.0
+    z[2] = -math.inf
+    z[2, 0:8 * k:8] = torch.linspace(-3.0, 3.0, k)  # exactly k vectors above -inf
+    z[3] = -math.inf
+    z[3, 0:8 * (k - 1):8] = 1.0  # k - 1 vectors: every logit of the tile is a candidate
+    z[4, 64:72] = 3.0  # one vector of equal maxima
+    z[5] = z[5].abs().neg() - 0.5  # all negative
+    logits = z.to(dtype).to(DEVICE)
+    tau = torch.full((b,), 1.0, device=DEVICE)
+    for sizes in (dict(block_v=128, splits=1), dict(block_v=256, splits=2, slots=4)):
+        out = launch(logits, k, tau, torch.zeros(b, device=DEVICE), "topk", "topk",
+                     plan(b, v, k, rows1=1, rows2=2, **sizes))
+        assert_matches(out, logits, k, tau, "topk")
+
+
 @pytest.mark.parametrize("k", [1000, 1024])
 def test_k_up_to_the_limit(k):
     logits = adversarial(6, 4099).to(DEVICE)

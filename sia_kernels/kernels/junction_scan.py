@@ -20,7 +20,9 @@ Spec: ``sia_kernels.reference.junction_scan_ref``. Public Triton API only; teste
    one by one, largest first, from the vectors whose sums pass the gate (``_extract``: one
    gathered vector per thread and round, 16-bit logits as one int32 key with the lane, one
    reduction over the threads and one over the k kept keys per candidate, no scratch memory);
-   larger K_PAD sorts the tile (bitonic). Partials go to small buffers ``[3, B, S]`` /
+   a row's first tile, before it holds k keys, only from the vectors whose maximum reaches the
+   k-th largest vector maximum (``_seed``): about k candidates, not every logit of the first
+   vectors. Larger K_PAD sorts the tile (bitonic). Partials go to small buffers ``[3, B, S]`` /
    ``[B, S, K_PAD]``.
 2. ``_junction_merge_kernel``, one program per block of rows: merges the S partials per row
    (lse, entropy, final top-k, gate, base token). The program that finishes last (an atomic
@@ -57,7 +59,9 @@ from ..types import JunctionScan, empty_scan
 
 MAX_K = 1024  # largest k the kernels take (K_PAD = 1024); larger k raises ValueError
 _KEY_PAD = tl.constexpr(-(2**63))  # below every packed key, including that of a -inf logit
-_KEY_TOP = tl.constexpr(2**63 - 1)  # above every packed key
+# Entries >= k of the running top-k (K_PAD <= 64): _KEEP_TOP + j, above every packed key of a
+# non-NaN logit, their low words (64 + j) distinct from every key's (~token id) and padding's (63 - j)
+_KEEP_TOP = tl.constexpr((2**31 - 1) * 2**32 + 64)
 _LOG2E = tl.constexpr(1.4426950408889634)
 # A tile takes the fast path only while its vector sums of e^(z - m) stay below e^_SLACK: every
 # term below e^8 (no overflow in f32 sums of 10^8 such terms), and rescales are rare.
@@ -231,13 +235,12 @@ def _fma_vec(e, y, acc, ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr)
 
 
 @triton.jit
-def _slot_keys(xg, lanes, cand, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
-    """Keys of the gathered logits ``xg`` at tile lanes ``lanes``: ordered by value, then the
-    lower lane, with bit 0 free (``_extract`` flags a slot's maximum there); the smallest key
-    of the type where not ``cand``. 16-bit logits (KEY_SHIFT > LOG_V): one int32, the value's
-    monotone bits in place over the lane (their KEY_SHIFT low bits are padding); else int64."""
+def _slot_keys(mono, lanes, cand, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
+    """Keys of the gathered logits (their ``_mono``) at tile lanes ``lanes``: ordered by value,
+    then the lower lane, with bit 0 free (``_extract`` flags a slot's maximum there); the
+    smallest key of the type where not ``cand``. 16-bit logits (KEY_SHIFT > LOG_V): one int32,
+    the monotone bits in place over the lane (their KEY_SHIFT low bits are padding); else int64."""
     lane_bits = (2**LOG_V - 1 - lanes) << 1
-    mono = _mono(xg)
     if KEY_SHIFT > LOG_V:
         return tl.where(cand, (mono & -(2**KEY_SHIFT)) | lane_bits, -(2**31))
     else:
@@ -246,12 +249,25 @@ def _slot_keys(xg, lanes, cand, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
 
 @triton.jit
 def _slot_key_global(c, col0, KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr):
-    """The packed int64 key (``_pack_key``) of a ``_slot_keys`` key ``c`` [ROWS] (flag ignored)."""
+    """The packed int64 key (``_pack_key``) of a ``_slot_keys`` key ``c`` [ROWS] (flag ignored).
+    16-bit logits: the value's monotone bits with the KEY_SHIFT low ones cleared (a negative
+    value's are ones), which orders 16-bit values alike; ``_exact_keys`` restores them."""
     col = col0 + (2**LOG_V - 1) - ((c >> 1) & (2**LOG_V - 1)).to(tl.int32)
     if KEY_SHIFT > LOG_V:
-        return _pack_mono((c & -(2**KEY_SHIFT)) | ((c >> 31) & (2**KEY_SHIFT - 1)), col)  # padding: sign bits
+        return _pack_mono(c & -(2**KEY_SHIFT), col)
     else:
         return _pack_mono((c >> 32).to(tl.int32), col)
+
+
+@triton.jit
+def _exact_keys(best, KEY_SHIFT: tl.constexpr):
+    """``best``'s keys as ``_pack_key`` makes them: 16-bit logits' low monotone bits restored
+    (ones below a negative value); padding stays padding."""
+    if KEY_SHIFT > 0:
+        hi = (best >> 32).to(tl.int32)
+        fill = ((hi >> 31) & (2**KEY_SHIFT - 1)) * (hi != -(2**31))
+        best = best | (fill.to(tl.int64) << 32)
+    return best
 
 
 @triton.jit
@@ -274,16 +290,41 @@ def _pick_vector(x4, pick, ROWS: tl.constexpr, REP: tl.constexpr, TT: tl.constex
 
 
 @triton.jit
-def _extract(best, kth, full, kth_val, x, hot, col0, start, end,
+def _seed(x, k, ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr):
+    """A floor for rows that do not hold k keys yet, from the tile ``x`` [ROWS, NV * VEC]: the
+    k-th largest of its 16-byte vectors' maxima, f, rounded down to 16 monotone bits (exact for
+    16-bit logits). At least k of the tile's logits are >= f (distinct vectors' maxima), so
+    every logit that can enter the row's top-k is too: only the vectors whose maximum reaches
+    f are extracted (about k + k/8 candidates, not every logit of the first vectors). Returns
+    ``thr`` [ROWS] (a candidate's ``_mono`` must exceed it: _mono(f) - 1) and ``hot`` [ROWS,
+    NV]; where fewer than k vectors hold a logit above -inf, every logit (thr = INT32_MIN).
+    A binary search over the 16 monotone bits: one count, one reduction over the slots, each."""
+    vmax = tl.max(tl.reshape(x, [ROWS, NV, VEC]), 2)  # masked lanes and -inf logits: -inf
+    u = tl.where(vmax > float("-inf"), _mono(vmax) >> 16, -32768)  # -inf: -32641; -32768: never counted
+    lo = tl.full([ROWS], -32767, tl.int32)
+    hi = tl.full([ROWS], 32767, tl.int32)
+    for _ in tl.static_range(16):  # the answer stays in [lo, hi] (if count(lo) >= k at all)
+        mid = lo + ((hi - lo + 1) >> 1)
+        ok = tl.sum(tl.where(u >= mid[:, None], 1, 0), 1) >= k
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid - 1)
+    found = tl.sum(tl.where(u >= lo[:, None], 1, 0), 1) >= k
+    thr = tl.where(found, (lo << 16) - 1, -(2**31))
+    return thr, ~found[:, None] | (u >= lo[:, None])
+
+
+@triton.jit
+def _extract(best, kth, full, kth_val, floor, x, hot, col0, start, end,
              ROWS: tl.constexpr, REP: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
              KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr, MASKED: tl.constexpr):
     """Fold the tile's logits ``x`` [ROWS, BLOCK_V] that can enter the rows' top-k into ``best``
-    [ROWS, 32, 2] (unsorted packed keys, distinct, entries >= k at _KEY_TOP: its minimum ``kth``
-    is the k-th best). Returns best, kth, full, kth_val (the k-th best logit once the row holds
+    [ROWS, 32, 2] (unsorted packed keys, their low words distinct, entries >= k above every
+    key: its minimum ``kth`` is the k-th best; 16-bit logits' keys as ``_slot_key_global``). Returns best, kth, full, kth_val (the k-th best logit once the row holds
     k keys, else -inf). ``MASKED``: columns outside [start, end) are not candidates.
 
     Only 16-byte vectors flagged ``hot`` [ROWS, NV] can hold a candidate (a logit above the
-    k-th best; every valid one while the row is not full). The tile is viewed as [REP, TT,
+    k-th best; while the row is not full, one whose ``_mono`` exceeds ``floor``, see ``_seed``).
+    The tile is viewed as [REP, TT,
     VEC]: slot t (a thread on a GPU) holds vectors t, t + TT, ... A round gathers one hot vector
     per slot (its first not yet done) and keeps each slot's largest candidate key, flagged if
     the slot holds another; then each step takes the largest over the slots, replaces the k-th
@@ -306,17 +347,22 @@ def _extract(best, kth, full, kth_val, x, hot, col0, start, end,
         sel = r_idx == pick[:, None, :]
         xg = _pick_vector(x4, pick, ROWS, REP, TT, VEC)
         lanes = (pick[:, :, None] * TT + t_idx) * VEC + e_idx
-        cand = ((xg > kth_val[:, None, None]) | ~full[:, None, None]) & (pick < REP)[:, :, None]
+        # above the k-th best (its key's monotone bits; a NaN may pass, its row is reported) or floor
+        thr = tl.where(full, (kth >> 32).to(tl.int32), floor)
+        mono = _mono(xg)
+        cand = (mono > thr[:, None, None]) & (pick < REP)[:, :, None]
         if MASKED:
             cols = col0[:, None, None] + lanes
             cand = cand & (cols >= start) & (cols < end)
-        keys = _slot_keys(xg, lanes, cand, KEY_SHIFT, LOG_V)
+        keys = _slot_keys(mono, lanes, cand, KEY_SHIFT, LOG_V)
         m1 = _slot_max(keys, empty)  # [ROWS, TT]
         c = tl.max(m1, 1)
         gk = _slot_key_global(c, col0, KEY_SHIFT, LOG_V)
         viable = (c > empty) & (gk > kth)
         while tl.max(viable.to(tl.int32)) > 0:
-            best = tl.where(viable[:, None, None] & (best == kth[:, None, None]), gk[:, None, None], best)
+            # the k-th best's entry, by the low words alone (distinct: one compare, not two)
+            at_kth = best.to(tl.int32) == kth.to(tl.int32)[:, None, None]
+            best = tl.where(viable[:, None, None] & at_kth, gk[:, None, None], best)
             kth = tl.min(tl.min(best, 2), 1)
             owner = (m1 == c[:, None]) & viable[:, None]
             if tl.max(((c & 1) != 0).to(tl.int32)) > 0:  # the owner holds more: its next one,
@@ -432,7 +478,11 @@ def _tile(x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, 
             # while the row is not full), against the k-th best and the current reference
             gate_now = tl.where(full, tl.exp2(tl.fma(kth_val, _LOG2E, -m2)) * _GATE_MARGIN, 0.0)
             hot = ~(d_t < gate_now[:, None]) & rmask[:, None]
-            best, kth, full, kth_val = _extract(best, kth, full, kth_val, x, hot, col0, start,
+            floor = tl.full([ROWS], -(2**31), tl.int32)
+            if tl.max((~full & rmask).to(tl.int32)) > 0:  # the first tile: candidates above a floor
+                floor, seed_hot = _seed(x, k, ROWS, NV, VEC)
+                hot = hot & (full[:, None] | seed_hot)
+            best, kth, full, kth_val = _extract(best, kth, full, kth_val, floor, x, hot, col0, start,
                                                 end, ROWS, NV // TT, TT, VEC, KEY_SHIFT, LOG_V, MASKED)
         # The next tiles take the fast path while every vector sum stays below both e^_SLACK
         # (no overflow; after a move a sum needs a logit above m + _MOVE to reach it) and
@@ -516,14 +566,15 @@ def _junction_partials_kernel(
     # the running top-k as packed keys, distinct padding keys (below every real key) to start.
     # SORT_TILE: [ROWS, K_PAD] sorted descending. Else unsorted [ROWS, 32, 2], entry 2 l + h
     # (two per lane of one warp: its minimum, the k-th best, is a warp reduction), entries >= k
-    # above every key.
+    # above every key (_KEEP_TOP + j).
     if SORT_TILE:
         j = tl.arange(0, K_PAD)[None, :]
         best = tl.full([ROWS, K_PAD], _KEY_PAD + K_PAD - 1, tl.int64) - j
         kth = tl.max(tl.where(j == k - 1, best, _KEY_PAD), 1)
     else:
         j = tl.arange(0, 32)[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]
-        best = tl.where(j < k, tl.full([ROWS, 32, 2], _KEY_PAD + _KEPT - 1, tl.int64) - j, _KEY_TOP)
+        best = tl.where(j < k, tl.full([ROWS, 32, 2], _KEY_PAD + _KEPT - 1, tl.int64) - j,
+                        tl.full([ROWS, 32, 2], _KEEP_TOP, tl.int64) + j)
         kth = tl.min(tl.min(best, 2), 1)
     kth_val = tl.full([ROWS], float("-inf"), tl.float32)  # k-th best logit once best is full
     full = tl.zeros([ROWS], tl.int1)
@@ -593,7 +644,8 @@ def _junction_partials_kernel(
         tl.store(topk_keys_ptr + k_off, tl.where(j < k, best, _KEY_PAD), mask=rmask[:, None])
     else:
         k_off = part.to(tl.int64)[:, None, None] * K_PAD + j
-        tl.store(topk_keys_ptr + k_off, tl.where(j < k, best, _KEY_PAD), mask=rmask[:, None, None] & (j < K_PAD))
+        tl.store(topk_keys_ptr + k_off, tl.where(j < k, _exact_keys(best, KEY_SHIFT), _KEY_PAD),
+                 mask=rmask[:, None, None] & (j < K_PAD))
     if SAMPLE_FULL:
         tl.store(gumbel_keys_ptr + part, gbest, mask=rmask)
 
@@ -601,7 +653,9 @@ def _junction_partials_kernel(
 # ---------------------------------------------------------------- kernel 2: merge + compact
 
 
-@triton.jit(do_not_specialize=["B", "S", "k"])
+# k is specialised (Triton's launcher marks an int divisible by 16 so): the compaction's row
+# copies are then 128-bit; a server's warmup compiles the k it uses.
+@triton.jit(do_not_specialize=["B", "S"])
 def _junction_merge_kernel(
     # pointers: inputs
     stats_ptr,  # [3, B, S] f32
@@ -721,14 +775,15 @@ def _junction_merge_kernel(
             cmask = crows < B
             g32 = tl.load(gate_ptr + crows, mask=cmask, other=0, cache_modifier=".cg").to(tl.int32)
             cg = g32 != 0
-            dest = (carry + tl.cumsum(g32, 0) - g32).to(tl.int64)
+            dest = carry + tl.cumsum(g32, 0) - g32
             tl.store(junction_rows_ptr + dest, crows.to(tl.int64), mask=cg)
-            src = crows.to(tl.int64)[:, None] * k + j[None, :]
+            src = crows[:, None] * k + j[None, :]
+            dst = dest[:, None] * k + j[None, :]
             jm = cg[:, None] & jmask[None, :]
             cid = tl.load(topk_ids_ptr + src, mask=jm, other=0, cache_modifier=".cg")
             clp = tl.load(topk_logprobs_ptr + src, mask=jm, other=0.0, cache_modifier=".cg")
-            tl.store(junction_ids_ptr + dest[:, None] * k + j[None, :], cid, mask=jm)
-            tl.store(junction_logprobs_ptr + dest[:, None] * k + j[None, :], clp, mask=jm)
+            tl.store(junction_ids_ptr + dst, cid, mask=jm)
+            tl.store(junction_logprobs_ptr + dst, clp, mask=jm)
             carry += tl.sum(g32, 0)
         tl.store(num_junctions_ptr, carry)
 
