@@ -166,6 +166,27 @@ def test_first_tile_floor(dtype, k):
         assert_matches(out, logits, k, tau, "topk")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_an_equal_logit_in_a_later_round_with_a_lower_id_wins(dtype):
+    """Slots gather their hot vectors in rounds, so a later round can hold a lower column than
+    an earlier one: f32 vectors 0 and 2 are slot 0's (rounds 1 and 2), vector 5 slot 1's
+    (round 1). With k = 2 the row is full after round 1 with 3.0 at column 20 as its k-th
+    best; round 2's equal 3.0 at column 8 must still replace it (ties go to the lower id)."""
+    vec = 16 // torch.empty((), dtype=dtype).element_size()
+    z = torch.full((2, 128), -1.0)
+    z[:, 0] = 5.0
+    z[:, 2 * vec] = 3.0  # vector 2: slot 0, round 2
+    z[:, 5 * vec] = 3.0  # vector 5: slot 1, round 1
+    z[1, 64:] = 4.0  # row 1: full from the first tile on, the ties in later tiles
+    z[1, 64 + 2 * vec] = 6.0
+    logits = z.to(dtype).to(DEVICE)
+    tau = torch.full((2,), 1.0, device=DEVICE)
+    for k in (2, 3):
+        out = launch(logits, k, tau, torch.zeros(2, device=DEVICE), "topk", "topk",
+                     plan(2, 128, k, rows1=1, rows2=2, block_v=8 * vec, splits=1, slots=2))
+        assert_matches(out, logits, k, tau, "topk")
+
+
 @pytest.mark.parametrize("k", [1000, 1024])
 def test_k_up_to_the_limit(k):
     logits = adversarial(6, 4099).to(DEVICE)

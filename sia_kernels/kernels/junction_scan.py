@@ -329,10 +329,11 @@ def _extract(best, kth, full, kth_val, floor, x, hot, col0, start, end,
     per slot (its first not yet done) and keeps each slot's largest candidate key, flagged if
     the slot holds another; then each step takes the largest over the slots, replaces the k-th
     best with it and, only if flagged, rescans that slot, until the largest left cannot enter.
-    Candidates enter largest first, so among equal logits the lowest column, as across tiles
-    (a later equal logit never enters a full row: ``x > kth_val`` is strict). No shared
-    scratch, no sort: a tile above the running threshold usually holds one or two candidates,
-    each costing one reduction over the slots and one over ``best``."""
+    Candidates enter largest first, so among equal logits the lowest column; a logit equal to
+    the k-th best is a candidate too (a later round can hold a lower column) and enters only
+    if its key ranks above. No shared scratch, no sort: a tile above the running threshold
+    usually holds one or two candidates, each costing one reduction over the slots and one
+    over ``best``."""
     r_idx = tl.arange(0, REP)[None, :, None]
     t_idx = tl.arange(0, TT)[None, :, None]
     e_idx = tl.arange(0, VEC)[None, None, :]
@@ -347,8 +348,10 @@ def _extract(best, kth, full, kth_val, floor, x, hot, col0, start, end,
         sel = r_idx == pick[:, None, :]
         xg = _pick_vector(x4, pick, ROWS, REP, TT, VEC)
         lanes = (pick[:, :, None] * TT + t_idx) * VEC + e_idx
-        # above the k-th best (its key's monotone bits; a NaN may pass, its row is reported) or floor
-        thr = tl.where(full, (kth >> 32).to(tl.int32), floor)
+        # not below the k-th best (by its key's monotone bits: a later round can hold an equal
+        # logit at a lower column, which the keys then rank above it), or above the floor; a
+        # NaN may pass (its row is reported)
+        thr = tl.where(full, (kth >> 32).to(tl.int32) - 1, floor)
         mono = _mono(xg)
         cand = (mono > thr[:, None, None]) & (pick < REP)[:, :, None]
         if MASKED:
