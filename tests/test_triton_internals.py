@@ -171,7 +171,9 @@ def test_an_equal_logit_in_a_later_round_with_a_lower_id_wins(dtype):
     """Slots gather their hot vectors in rounds, so a later round can hold a lower column than
     an earlier one: f32 vectors 0 and 2 are slot 0's (rounds 1 and 2), vector 5 slot 1's
     (round 1). With k = 2 the row is full after round 1 with 3.0 at column 20 as its k-th
-    best; round 2's equal 3.0 at column 8 must still replace it (ties go to the lower id)."""
+    best; round 2's equal 3.0 at column 8 must still replace it (ties go to the lower id).
+    (Before the fix a later round's equal logit was no candidate: the greedy token of a row
+    with tied maxima in one tile could be the higher id.)"""
     vec = 16 // torch.empty((), dtype=dtype).element_size()
     z = torch.full((2, 128), -1.0)
     z[:, 0] = 5.0
@@ -185,6 +187,17 @@ def test_an_equal_logit_in_a_later_round_with_a_lower_id_wins(dtype):
         out = launch(logits, k, tau, torch.zeros(2, device=DEVICE), "topk", "topk",
                      plan(2, 128, k, rows1=1, rows2=2, block_v=8 * vec, splits=1, slots=2))
         assert_matches(out, logits, k, tau, "topk")
+    # The same in a later tile of a full row, k = 1 (the greedy token): the first tile's 1.0 is
+    # the best; the second tile's 2.0 (vector 0) and 3.0 (vector 5) enter in round 1, its equal
+    # 3.0 at the lower column (vector 2) in round 2, and must win.
+    z = torch.full((1, 16 * vec), -30.0)
+    z[0, 0] = 1.0
+    z[0, 8 * vec] = 2.0
+    z[0, 8 * vec + 2 * vec] = 3.0
+    z[0, 8 * vec + 5 * vec] = 3.0
+    out = launch(z.to(dtype).to(DEVICE), 1, tau[:1], torch.zeros(1, device=DEVICE), "topk", "topk",
+                 plan(1, 16 * vec, 1, rows1=1, rows2=1, block_v=8 * vec, splits=1, slots=2))
+    assert out.topk_ids.tolist() == [[10 * vec]] and out.base_token.tolist() == [10 * vec]
 
 
 @pytest.mark.parametrize("k", [1000, 1024])
