@@ -106,7 +106,8 @@ def _bin(tool: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def compile_kernel(name: str, arch: int, dtype: torch.dtype, meta_items: tuple, divisible: tuple = ()) -> tuple[str, dict]:
+def compile_kernel(name: str, arch: int, dtype: torch.dtype, meta_items: tuple,
+                   divisible: tuple = ()) -> tuple[str, dict]:
     """(SASS text, {regs, local}) of kernel ``name`` compiled for sm_``arch`` with ``meta``;
     the int arguments in ``divisible`` are specialised as multiples of 16."""
     fn = jsk.KERNELS[name]
@@ -373,7 +374,8 @@ def head_model(nv: int, vec: int, tt: int, k: int, rows: int, trials: int = 64) 
     vector: vector v is slot v % tt's), candidates above the floor or, once the row holds k,
     above the k-th best at the round's start; steps take the largest candidate while it beats
     the k-th best, a step whose slot holds another candidate rescans it. Returns the mean
-    rounds, steps and rescans of the busiest of ``rows`` rows (deterministic: a fixed seed)."""
+    rounds, steps and rescans of the busiest of ``rows`` rows (deterministic: a fixed seed).
+    Not modelled: an f32 floor's rounding down to 16 monotone bits (a few more candidates)."""
     rng = np.random.default_rng(0)
     out = np.zeros(3)
     for _ in range(trials):

@@ -319,16 +319,17 @@ def _extract(best, kth, full, kth_val, floor, x, hot, col0, start, end,
              KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr, MASKED: tl.constexpr):
     """Fold the tile's logits ``x`` [ROWS, BLOCK_V] that can enter the rows' top-k into ``best``
     [ROWS, 32, 2] (unsorted packed keys, their low words distinct, entries >= k above every
-    key: its minimum ``kth`` is the k-th best; 16-bit logits' keys as ``_slot_key_global``). Returns best, kth, full, kth_val (the k-th best logit once the row holds
-    k keys, else -inf). ``MASKED``: columns outside [start, end) are not candidates.
+    key: its minimum ``kth`` is the k-th best; 16-bit logits' keys as ``_slot_key_global``).
+    Returns best, kth, full, kth_val (the k-th best logit once the row holds k keys, else
+    -inf). ``MASKED``: columns outside [start, end) are not candidates.
 
-    Only 16-byte vectors flagged ``hot`` [ROWS, NV] can hold a candidate (a logit above the
+    Only 16-byte vectors flagged ``hot`` [ROWS, NV] can hold a candidate (a logit not below the
     k-th best; while the row is not full, one whose ``_mono`` exceeds ``floor``, see ``_seed``).
-    The tile is viewed as [REP, TT,
-    VEC]: slot t (a thread on a GPU) holds vectors t, t + TT, ... A round gathers one hot vector
-    per slot (its first not yet done) and keeps each slot's largest candidate key, flagged if
-    the slot holds another; then each step takes the largest over the slots, replaces the k-th
-    best with it and, only if flagged, rescans that slot, until the largest left cannot enter.
+    The tile is viewed as [REP, TT, VEC]: slot t (a thread on a GPU) holds vectors t, t + TT,
+    ... A round gathers one hot vector per slot (its first not yet done) and keeps each slot's
+    largest candidate key, flagged if the slot holds another; then each step takes the largest
+    over the slots, replaces the k-th best with it and, only if flagged, rescans that slot,
+    until the largest left cannot enter.
     Candidates enter largest first, so among equal logits the lowest column; a logit equal to
     the k-th best is a candidate too (a later round can hold a lower column) and enters only
     if its key ranks above. No shared scratch, no sort: a tile above the running threshold
@@ -778,9 +779,9 @@ def _junction_merge_kernel(
             cmask = crows < B
             g32 = tl.load(gate_ptr + crows, mask=cmask, other=0, cache_modifier=".cg").to(tl.int32)
             cg = g32 != 0
-            dest = carry + tl.cumsum(g32, 0) - g32
+            dest = (carry + tl.cumsum(g32, 0) - g32).to(tl.int64)
             tl.store(junction_rows_ptr + dest, crows.to(tl.int64), mask=cg)
-            src = crows[:, None] * k + j[None, :]
+            src = crows.to(tl.int64)[:, None] * k + j[None, :]  # B * k may pass 2^31
             dst = dest[:, None] * k + j[None, :]
             jm = cg[:, None] & jmask[None, :]
             cid = tl.load(topk_ids_ptr + src, mask=jm, other=0, cache_modifier=".cg")
