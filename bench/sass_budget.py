@@ -15,21 +15,21 @@ Method
   twice. Its cost per tile is the shortest path through one iteration and its loads (every
   tile on the fast path: no exact path, no top-k) over the tiles it covers; ``instr_per_elem``
   of the partials row = that path / the elements a thread loads in it.
-- Selection (``loop_costs``, ``head_model``, ``selection_model``): every tile holds the same
+- Selection (``loop_costs``, ``selection_model``): every tile holds the same
   selection, a round loop (one gathered vector per slot) around a step loop (one candidate
   each; a slot holding another candidate is rescanned, the step loop's costliest path). The
   head tile (straight-line code) takes the exact path (the block with the most MUFU.EX2: the
-  (m, d, s) recompute), the floor (``_seed``: the block with the most REDUX.SUM, its counts)
-  and the rounds, steps and rescans that ``head_model`` counts by running the kernel's head
-  extraction on iid normal logits (a fixed seed, the busiest of the program's rows). A body
-  tile that holds a logit above the running k-th best costs the one-tile remainder loop's
-  path through its round loop over its fast path, plus one step per candidate; a tail tile
-  always takes the exact path and one round. For K_PAD > 64 (no round loops) such a tile
-  costs the costliest forward path (a bitonic sort of the tile). Tiles t >= 2 follow a
-  random-order model (logits in random order): tile t holds k / t of the running top-k in
-  expectation and needs the selection with probability 1 - (1 - 1/t)^k. Not counted:
-  exact-path body tiles (-inf or NaN runs, the rare moves of the reference) and extra rounds
-  where one slot of a body tile holds two hot vectors.
+  (m, d, s) recompute), the floor (``_seed``: the block with the most REDUX.SUM, its counts;
+  plus its read of the first body tile) and one round. A body tile that runs the selection
+  costs the one-tile remainder loop's path through its round loop over its fast path; a tail
+  tile always takes the exact path and one round; every further round, step and rescan costs
+  its loop's path. How many: ``selection_model`` runs the kernel's selection of a whole split
+  on iid normal logits (standard deviation ``--logit-std``, 2 by default: flatter rows pass
+  the tile gate more often; at 1, B = 64 k = 10 costs ~18 % more) with a fixed seed, and
+  counts per tile whether it selects, its rounds, steps and rescans. For K_PAD > 64 (no
+  round loops) a selecting tile costs the costliest forward path (a bitonic sort of the
+  tile). Not counted: exact-path body tiles (-inf or NaN runs, the rare moves of the
+  reference) and, for a body tile short of k keys, its vector maxima.
 - Merge: its straight-line code once per program; the compaction loops (run by the last
   program) once per block of rows. ``k`` divisible by 16 is compiled as such (Triton's
   launcher specialises it: the compaction's copies are 128-bit).
@@ -84,6 +84,9 @@ class Gpu(NamedTuple):
     hbm_bytes_per_s: float
 
 
+# The selection model's logits: iid normal with this standard deviation (LLM logits over a
+# vocabulary spread by ~2-3; flatter rows pass the tile gate more often). --logit-std sets it.
+STD = 2.0
 GPUS = {90: Gpu("H100 SXM", 132, 1.83e9, 3.35e12), 80: Gpu("A100 SXM 80GB", 108, 1.41e9, 2.039e12)}
 DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32}
 _TL = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
@@ -264,8 +267,10 @@ def loop_costs(code: list[Instr]) -> dict:
     with ``loads`` its global loads (the tiles it covers). ``extract``: a body tile that takes
     the selection with one round and no step (the one-tile loop); ``round`` / ``step``: one
     more iteration of those loops. ``outside``: entry to exit outside every loop, through the
-    head tile's exact path (the block with the most MUFU.EX2: the (m, d, s) recompute) and
-    one of its rounds. ``tail``: one tail-loop iteration through its exact path and one round.
+    head tile's exact path (the block with the most MUFU.EX2: the (m, d, s) recompute), the
+    floor (``_seed``) and one of its rounds; ``first_body``: the floor's read of the first body
+    tile (the head's blocks with 128-bit loads), taken when the split has a body tile.
+    ``tail``: one tail-loop iteration through its exact path and one round.
     Without round loops (the bitonic top-k, K_PAD > 64: one loop for every tile, its body loads
     in one branch) ``extract``, the head tile and ``tail`` take the loop's costliest forward path
     (a bitonic sort of the tile) and the rounds and steps cost 0. ``path``: the stream path's
@@ -341,10 +346,12 @@ def loop_costs(code: list[Instr]) -> dict:
         # the head's floor (``_seed``): the block with the most REDUX.SUM (its counts)
         seed = max(head_region, key=lambda x: sum("REDUX.SUM" in ins.text for ins in instrs(x)))
         via = sorted({fix_head, seed, head_rounds[0][0]}, key=lambda x: cfg.blocks[x][0])
+        # the floor's read of the first body tile (taken when the split has one): its 128-bit loads
+        first_body = sum(_size(cfg, x) for x in head_region if x not in via and body_load(x))
         outside = _through(cfg, all_blocks, back, 0, via) + to_exit(_dist(cfg, all_blocks, head_rounds[0][0], back)) \
             - _size(cfg, head_rounds[0][0])
     else:
-        round_cost = step_cost = rescan = 0
+        round_cost = step_cost = rescan = first_body = 0
         extract = longest(single[2], single[0], single[1])
         outside = to_exit(_dist(cfg, all_blocks, 0, back))
     tail = 0.0
@@ -357,7 +364,7 @@ def loop_costs(code: list[Instr]) -> dict:
         stops = [fix_t] + ([t_round[0][0]] if t_round else []) + [tl_[1]]
         tail = _through(cfg, tl_[2], back, tl_[0], stops) if t_round else longest(tl_[2], tl_[0], tl_[1])
     return dict(stream=stream, loads=len(loads(path)), extract=extract, single=stream_path(single)[0],
-                round=round_cost, step=step_cost, rescan=rescan, outside=outside, tail=tail,
+                round=round_cost, step=step_cost, rescan=rescan, outside=outside, tail=tail, first_body=first_body,
                 path=[ins for b in path for ins in instrs(b)])
 
 
@@ -367,62 +374,69 @@ def loads_vectorized(path: list[Instr]) -> bool:
     return bool(lds) and all(".128" in t for t in lds)
 
 
-def head_model(nv: int, vec: int, tt: int, k: int, rows: int, trials: int = 64) -> dict:
-    """The head tile's extraction, run on iid normal logits exactly as the kernel does it:
-    the ``_seed`` floor (the k-th largest of the nv vector maxima, when at least k), the hot
-    vectors (maximum >= the floor), rounds (each of the ``tt`` slots gathers its next hot
-    vector: vector v is slot v % tt's), candidates above the floor or, once the row holds k,
-    above the k-th best at the round's start; steps take the largest candidate while it beats
-    the k-th best, a step whose slot holds another candidate rescans it. Returns the mean
-    rounds, steps and rescans of the busiest of ``rows`` rows (deterministic: a fixed seed).
-    Not modelled: an f32 floor's rounding down to 16 monotone bits (a few more candidates)."""
+def _extract_tile(x: np.ndarray, best: list, k: int, tt: int, floor: float) -> tuple[int, int, int]:
+    """One row's tile ``x`` [nv, vec] through the kernel's selection, ``best`` (the kept
+    values) updated in place: while the row holds fewer than k, ``floor`` (``_seed``'s) picks
+    the hot vectors; once it holds k, the tile gate does (a vector whose sum of e^z reaches
+    e^(k-th best), less the 1e-4 margin). Rounds:
+    each of the ``tt`` slots gathers its next hot vector (vector v is slot v % tt's), the
+    candidates are those above the floor or the k-th best at the round's start; steps take
+    the largest while it beats the k-th best, a step whose slot holds another candidate
+    rescans it. Returns (rounds, steps, rescans)."""
+    nv = len(x)
+    if len(best) < k:
+        hot = x.max(1) >= floor
+    else:
+        kth = min(best)
+        hot = np.exp(x - kth).sum(1) >= 0.9999
+    rounds = steps = rescans = 0
+    while hot.any():
+        rounds += 1
+        picked = [next(v for v in range(t, nv, tt) if hot[v]) for t in range(tt) if hot[t::tt].any()]
+        full = len(best) >= k
+        thr = min(best) if full else floor
+        slots = [c for c in (sorted((y for y in x[v] if (y > thr if full else y >= thr)), reverse=True)
+                             for v in picked) if c]
+        while slots:
+            i = max(range(len(slots)), key=lambda n: slots[n][0])
+            if len(best) >= k:
+                if slots[i][0] <= min(best):
+                    break
+                best.remove(min(best))
+            best.append(slots[i][0])
+            steps += 1
+            rescans += len(slots[i]) > 1
+            slots[i] = slots[i][1:]
+            if not slots[i]:
+                slots.pop(i)
+        hot[picked] = False
+    return rounds, steps, rescans
+
+
+def selection_model(n_tiles: int, nv: int, vec: int, tt: int, k: int, rows: int, floor_tiles: int,
+                    std: float = STD, trials: int = 32) -> dict:
+    """The selection of a whole split (``n_tiles`` tiles of ``nv`` vectors), run on iid normal
+    logits (standard deviation ``std``) exactly as the kernel does it (``_extract_tile``; the
+    floor: the k-th largest vector maximum of the first ``floor_tiles`` tiles, -inf if they
+    have fewer than k vectors; a fixed seed). Per tile, the mean of: whether it runs the
+    selection (``sel``), its rounds, steps and rescans; with ``rows`` rows in a program, the
+    busiest row's (control flow is shared). Entry 0 is the head tile. Not modelled: an f32
+    floor's rounding down to 16 monotone bits (a few more candidates)."""
     rng = np.random.default_rng(0)
-    out = np.zeros(3)
+    out = np.zeros((n_tiles, 4))
     for _ in range(trials):
-        worst = np.zeros(3)
+        worst = np.zeros((n_tiles, 4))
         for _ in range(rows):
-            x = rng.standard_normal((nv, vec)).astype(np.float32)
-            vmax = x.max(1)
-            floor = np.sort(vmax)[-k] if nv >= k else -np.inf
-            hot = vmax >= floor
+            x = (std * rng.standard_normal((n_tiles, nv, vec))).astype(np.float32)
+            vmax = np.sort(x[:floor_tiles].max(2).ravel())
+            floor = vmax[-k] if len(vmax) >= k else -np.inf
             best: list[float] = []
-            rounds = steps = rescans = 0
-            while hot.any():
-                rounds += 1
-                picked = [next(v for v in range(t, nv, tt) if hot[v]) for t in range(tt) if hot[t::tt].any()]
-                thr = min(best) if len(best) >= k else None
-                slots = [sorted((y for y in x[v] if (y > thr if thr is not None else y >= floor)), reverse=True)
-                         for v in picked]
-                slots = [c for c in slots if c]
-                while slots:
-                    i = max(range(len(slots)), key=lambda n: slots[n][0])
-                    c = slots[i][0]
-                    if len(best) >= k and c <= min(best):
-                        break
-                    if len(best) >= k:
-                        best.remove(min(best))
-                    best.append(c)
-                    steps += 1
-                    rescans += len(slots[i]) > 1
-                    slots[i] = slots[i][1:]
-                    if not slots[i]:
-                        slots.pop(i)
-                hot[picked] = False
-            worst = np.maximum(worst, [rounds, steps, rescans])
+            for t in range(n_tiles):
+                r, st, rs = _extract_tile(x[t], best, k, tt, floor)
+                worst[t] = np.maximum(worst[t], [r > 0, r, st, rs])
         out += worst
-    rounds, steps, rescans = out / trials
-    return dict(rounds=float(rounds), steps=float(steps), rescans=float(rescans))
-
-
-def selection_model(n_tiles: int, k: int, rows: int) -> dict:
-    """Random order (logits in random order along the row): of the running top-k after the
-    tiles before, tile t holds k / t in expectation, each inserted by one step. Returns, for
-    tiles t >= 2, the probability that it runs the selection and its expected steps. With
-    several rows in a program the busiest row sets the pace (~ mean + sqrt(2 mean ln rows))."""
-    busiest = lambda lam: lam + math.sqrt(2 * lam * math.log(rows))  # noqa: E731
-    p_sel = [1 - ((1 - 1 / t) ** k) ** rows for t in range(2, n_tiles + 1)]
-    steps = [busiest(k / t) for t in range(2, n_tiles + 1)]
-    return dict(p_sel=p_sel, steps=steps)
+    sel, rounds, steps, rescans = (out / trials).T
+    return dict(sel=sel.tolist(), rounds=rounds.tolist(), steps=steps.tolist(), rescans=rescans.tolist())
 
 
 def issue_time_s(warp_instr: float, programs: int, warps: int, gpu: Gpu) -> float:
@@ -430,7 +444,8 @@ def issue_time_s(warp_instr: float, programs: int, warps: int, gpu: Gpu) -> floa
     return warp_instr * max(1.0, per_sm * warps / 4) / gpu.clock_hz
 
 
-def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool = False) -> list[dict]:
+def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool = False,
+           logit_std: float = STD) -> list[dict]:
     gpu, dtype = GPUS[arch], DTYPES[dtype_name]
     p = jsk.plan_scan(b, v, k, num_sms=gpu.sms)
     meta = jsk.kernel_meta(p, dtype, scope_full=False, sample_full=sample_full)
@@ -448,15 +463,17 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
     stream = c["stream"] * per_thread / per_iter  # per tile
     n_tiles = math.ceil((p.split_len + mp["VEC"] - 1) / p.block_v)
     body_tiles = max(p.split_len // p.block_v, 1) - 1
-    tail_tiles = n_tiles - 1 - body_tiles
-    sel = selection_model(n_tiles, k, p.rows1)
-    head = head_model(p.block_v // mp["VEC"], mp["VEC"], mp["TT"], k, p.rows1) if c["round"] else None
+    # the floor sees the head tile and the first body tile (if the split has one)
+    sel = selection_model(n_tiles, p.block_v // mp["VEC"], mp["VEC"], mp["TT"], k, p.rows1, 1 + (body_tiles > 0),
+                          logit_std)
     extra = c["extract"] - c["single"]  # a tile's selection (one round, no step) over its fast path
-    if head is None:  # K_PAD > 64: the head sorts its tile (in ``outside``)
-        head = dict(rounds=1, steps=0, rescans=0)
-    w1 = (c["outside"] + (head["rounds"] - 1) * c["round"] + head["steps"] * c["step"] + head["rescans"] * c["rescan"]
-          + sum(stream + sel["p_sel"][t] * extra for t in range(body_tiles)) + tail_tiles * c["tail"]
-          + sum(sel["steps"]) * c["step"])
+    more = lambda t: max(sel["rounds"][t] - sel["sel"][t], 0.0) * c["round"]  # noqa: E731  rounds past the first
+    body = range(1, 1 + body_tiles)
+    w1 = (c["outside"] + more(0)  # the head: straight-line code, its first round in ``outside``
+          + (body_tiles > 0) * c["first_body"]
+          + sum(stream + sel["sel"][t] * extra + more(t) for t in body)
+          + sum(c["tail"] + more(t) for t in range(1 + body_tiles, n_tiles))
+          + sum(sel["steps"]) * c["step"] + sum(sel["rescans"]) * c["rescan"])
     programs1 = math.ceil(b / p.rows1) * p.splits
     t1 = issue_time_s(w1, programs1, p.warps1, gpu)
     instr1 = w1 * threads * programs1
@@ -487,8 +504,9 @@ def budget(arch: int, dtype_name: str, b: int, k: int, v: int, sample_full: bool
                      instr_per_elem=round(total_instr / (b * v), 2), issue_bound_us=round(total_s * 1e6, 3),
                      hbm_floor_us=round(floor * 1e6, 3)))
     rows[0]["_detail"] = dict(plan=p, per_thread=per_thread, n_tiles=n_tiles, w1=w1,
-                              **{"head_" + x: y for x, y in head.items()}, sel_tiles=sum(sel["p_sel"][:body_tiles]),
-                              sel_steps=sum(sel["steps"]),
+                              **{"head_" + x: sel[x][0] for x in ("rounds", "steps", "rescans")},
+                              sel_tiles=sum(sel["sel"][1:]), rounds=sum(sel["rounds"][1:]),
+                              steps=sum(sel["steps"][1:]), rescans=sum(sel["rescans"][1:]),
                               **{x: c[x] for x in ("stream", "loads", "extract", "single", "round", "step", "rescan",
                                                    "outside", "tail")})
     return rows
@@ -502,19 +520,24 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--k", type=int, nargs="+", default=[10, 64])
     ap.add_argument("--V", type=int, nargs="+", default=[151936, 151646, 32000])
     ap.add_argument("--sample-from", choices=["topk", "full"], default="topk")
+    ap.add_argument("--logit-std", type=float, default=STD,
+                    help="standard deviation of the selection model's iid normal logits")
     ap.add_argument("--csv", action="store_true", help="print CSV rows with the columns " + ",".join(COLUMNS))
     ap.add_argument("--out", help="also write the CSV rows to this file")
     args = ap.parse_args(argv)
     for name in ("B", "k", "V"):
         if any(x < 1 for x in getattr(args, name)):
             raise SystemExit(f"--{name} takes positive integers")
+    if not 0 < args.logit_std < 100:
+        raise SystemExit("--logit-std takes a number in (0, 100)")
     rows = []
     for arch in args.arch:
         for dtype in args.dtype:
             for v in args.V:
                 for b in args.B:
                     for k in args.k:
-                        rows += budget(arch, dtype, b, k, v, sample_full=args.sample_from == "full")
+                        rows += budget(arch, dtype, b, k, v, sample_full=args.sample_from == "full",
+                                       logit_std=args.logit_std)
     lines = [",".join(COLUMNS)] + [",".join(str(r[c]) for c in COLUMNS) for r in rows]
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -139,10 +139,11 @@ def test_extraction_and_fast_path(dtype, k, rows1):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("k", [4, 10])
 def test_first_tile_floor(dtype, k):
-    """A row's first tile extracts only the logits at or above its floor (the k-th largest
-    vector maximum, ``_seed``): ties at the floor in one vector and across vectors, a floor of
-    exactly zero (signed zeros equal), negative floors, exactly k vectors above -inf (the floor
-    is the smallest of them) and fewer (no floor: -inf logits are candidates, lower ids first)."""
+    """Until a row holds k keys only the logits at or above its floor are extracted (the k-th
+    largest vector maximum of the split's first two tiles, ``_seed``; one tile where a split
+    has no body tile): ties at the floor in one vector and across vectors, a floor of exactly
+    zero (signed zeros equal), negative floors, exactly k vectors above -inf (the floor is the
+    smallest of them) and fewer (no floor: -inf logits are candidates, lower ids first)."""
     b, v = 8, 512
     z = torch.randn(b, v, generator=torch.Generator().manual_seed(11))
     z[0] = -1.0

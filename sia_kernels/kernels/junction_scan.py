@@ -20,9 +20,9 @@ Spec: ``sia_kernels.reference.junction_scan_ref``. Public Triton API only; teste
    one by one, largest first, from the vectors whose sums pass the gate (``_extract``: one
    gathered vector per thread and round, 16-bit logits as one int32 key with the lane, one
    reduction over the threads and one over the k kept keys per candidate, no scratch memory);
-   a row's first tile, before it holds k keys, only from the vectors whose maximum reaches the
-   k-th largest vector maximum (``_seed``): about k candidates, not every logit of the first
-   vectors. Larger K_PAD sorts the tile (bitonic). Partials go to small buffers ``[3, B, S]`` /
+   until a row holds k keys, only from the vectors whose maximum reaches the k-th largest
+   vector maximum of the split's first two tiles (``_seed``): about k candidates, not every
+   logit of the first vectors. Larger K_PAD sorts the tile (bitonic). Partials go to small buffers ``[3, B, S]`` /
    ``[B, S, K_PAD]``.
 2. ``_junction_merge_kernel``, one program per block of rows: merges the S partials per row
    (lse, entropy, final top-k, gate, base token). The program that finishes last (an atomic
@@ -290,27 +290,36 @@ def _pick_vector(x4, pick, ROWS: tl.constexpr, REP: tl.constexpr, TT: tl.constex
 
 
 @triton.jit
-def _seed(x, k, ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr):
-    """A floor for rows that do not hold k keys yet, from the tile ``x`` [ROWS, NV * VEC]: the
-    k-th largest of its 16-byte vectors' maxima, f, rounded down to 16 monotone bits (exact for
-    16-bit logits). At least k of the tile's logits are >= f (distinct vectors' maxima), so
-    every logit that can enter the row's top-k is too: only the vectors whose maximum reaches
-    f are extracted (about k + k/8 candidates, not every logit of the first vectors). Returns
-    ``thr`` [ROWS] (a candidate's ``_mono`` must exceed it: _mono(f) - 1) and ``hot`` [ROWS,
-    NV]; where fewer than k vectors hold a logit above -inf, every logit (thr = INT32_MIN).
-    A binary search over the 16 monotone bits: one count, one reduction over the slots, each."""
-    vmax = tl.max(tl.reshape(x, [ROWS, NV, VEC]), 2)  # masked lanes and -inf logits: -inf
-    u = tl.where(vmax > float("-inf"), _mono(vmax) >> 16, -32768)  # -inf: -32641; -32768: never counted
+def _vector_mono(x, ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr):
+    """``_mono`` of each 16-byte vector's largest logit ([ROWS, NV * VEC] -> [ROWS, NV])."""
+    return _mono(tl.max(tl.reshape(x, [ROWS, NV, VEC]), 2))
+
+
+@triton.jit
+def _seed(x0, x1, k, ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr):
+    """The split's floor [ROWS] (int32, a candidate's ``_mono`` must exceed it) from its first
+    two tiles ``x0``, ``x1`` [ROWS, NV * VEC] (masked lanes -inf; x1 all -inf if it is not a
+    body tile): f = the k-th largest of their 16-byte vectors' maxima, rounded down to 16
+    monotone bits (exact for 16-bit logits); the floor is _mono(f) - 1. At least k logits of
+    the split are >= f (distinct vectors' maxima), so every logit of its top-k is too: until a
+    row holds k keys, only the vectors whose maximum reaches f are extracted (about k
+    candidates in the two tiles, where every logit of the first vectors would be inserted,
+    and the second tile starts from the first two's threshold). Where fewer than k vectors
+    hold a logit above -inf: INT32_MIN (every logit). A binary search over the 16 monotone
+    bits, one count over the slots each."""
+    v0 = tl.max(tl.reshape(x0, [ROWS, NV, VEC]), 2)  # masked lanes and -inf logits: -inf
+    v1 = tl.max(tl.reshape(x1, [ROWS, NV, VEC]), 2)
+    u0 = tl.where(v0 > float("-inf"), _mono(v0) >> 16, -32768)  # -inf: -32641; -32768: never counted
+    u1 = tl.where(v1 > float("-inf"), _mono(v1) >> 16, -32768)
     lo = tl.full([ROWS], -32767, tl.int32)
     hi = tl.full([ROWS], 32767, tl.int32)
     for _ in tl.static_range(16):  # the answer stays in [lo, hi] (if count(lo) >= k at all)
         mid = lo + ((hi - lo + 1) >> 1)
-        ok = tl.sum(tl.where(u >= mid[:, None], 1, 0), 1) >= k
+        ok = tl.sum(tl.where(u0 >= mid[:, None], 1, 0) + tl.where(u1 >= mid[:, None], 1, 0), 1) >= k
         lo = tl.where(ok, mid, lo)
         hi = tl.where(ok, hi, mid - 1)
-    found = tl.sum(tl.where(u >= lo[:, None], 1, 0), 1) >= k
-    thr = tl.where(found, (lo << 16) - 1, -(2**31))
-    return thr, ~found[:, None] | (u >= lo[:, None])
+    found = tl.sum(tl.where(u0 >= lo[:, None], 1, 0) + tl.where(u1 >= lo[:, None], 1, 0), 1) >= k
+    return tl.where(found, (lo << 16) - 1, -(2**31))
 
 
 @triton.jit
@@ -434,12 +443,13 @@ def _unpack(raw, BF16_WORDS: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.const
 
 @triton.jit
 def _tile(x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, kth_val, gbest,
-          k, t, sampling, any_sampling, seed,
+          floor, k, t, sampling, any_sampling, seed,
           ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr, TT: tl.constexpr, LOG_R: tl.constexpr,
           LOG_V: tl.constexpr, K_PAD: tl.constexpr, LOG_K: tl.constexpr, KEY_SHIFT: tl.constexpr,
           SORT_TILE: tl.constexpr, SAMPLE_FULL: tl.constexpr, MASKED: tl.constexpr):
     """One tile ``x`` [ROWS, BLOCK_V] (lane 0 is column ``col0`` [ROWS]) folded into the
-    program's state (m, m2, d, s, gate, best, kth, full, kth_val, gbest); returns the state."""
+    program's state (m, m2, d, s, gate, best, kth, full, kth_val, gbest; ``floor``: ``_seed``'s,
+    for rows short of k keys); returns the state."""
     # Fast path, per element: one FFMA, one exp2, one add, one FFMA (no max, no clamp). The FMA
     # is explicit: x log2(e) unrounded before m2 is taken off, so |z| ~ 1e4 keeps its precision
     # (rounding x log2(e) first costs ~1e-3 in y, and 1e-3 relative entropy), in the interpreter too.
@@ -482,10 +492,8 @@ def _tile(x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, 
             # while the row is not full), against the k-th best and the current reference
             gate_now = tl.where(full, tl.exp2(tl.fma(kth_val, _LOG2E, -m2)) * _GATE_MARGIN, 0.0)
             hot = ~(d_t < gate_now[:, None]) & rmask[:, None]
-            floor = tl.full([ROWS], -(2**31), tl.int32)
-            if tl.max((~full & rmask).to(tl.int32)) > 0:  # the first tile: candidates above a floor
-                floor, seed_hot = _seed(x, k, ROWS, NV, VEC)
-                hot = hot & (full[:, None] | seed_hot)
+            if tl.max((~full & rmask).to(tl.int32)) > 0:  # short of k keys: vectors reaching the floor
+                hot = hot & (full[:, None] | (_vector_mono(x, ROWS, NV, VEC) > floor[:, None]))
             best, kth, full, kth_val = _extract(best, kth, full, kth_val, floor, x, hot, col0, start,
                                                 end, ROWS, NV // TT, TT, VEC, KEY_SHIFT, LOG_V, MASKED)
         # The next tiles take the fast path while every vector sum stays below both e^_SLACK
@@ -594,6 +602,7 @@ def _junction_partials_kernel(
     # large code: there, one loop holds the only copy of ``_tile`` and the load alone branches.
     if not SAMPLE_FULL:  # unused
         t, sampling, any_sampling, seed = kth_val, full, False, 0
+    floor = tl.full([ROWS], -(2**31), tl.int32)  # (K_PAD <= 64) every logit until _seed's
     if SORT_TILE:
         for i in range(0, n_tiles):
             if (i == 0) | (i >= tail):
@@ -602,12 +611,18 @@ def _junction_partials_kernel(
                 x = _unpack(_load_body(row_ptrs, i * BLOCK_V, BF16_WORDS, BLOCK_V), BF16_WORDS, ROWS, BLOCK_V)
             m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
                 x, rows, rmask, start, end, col0 + i * BLOCK_V, m, m2, d, s, gate, best, kth, full,
-                kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
+                kth_val, gbest, floor, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
                 KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
     else:
         x = _load_tile(row_ptrs, 0, col0, start, end, ROWS, BLOCK_V)
+        # The floor sees the first body tile too (read twice: here, and an L1/L2 hit in the loop;
+        # carried in registers across the head tile it costs the loop an instruction)
+        x1 = tl.full([ROWS, BLOCK_V], float("-inf"), tl.float32)
+        if tail > 1:
+            x1 = _unpack(_load_body(row_ptrs, BLOCK_V, BF16_WORDS, BLOCK_V), BF16_WORDS, ROWS, BLOCK_V)
+        floor = _seed(x, x1, k, ROWS, NV, VEC)
         m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
-            x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, kth_val, gbest, k, t, sampling,
+            x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, kth_val, gbest, floor, k, t, sampling,
             any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K, KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
         # Body tiles (unmasked 128-bit loads): each one's loads are issued a tile ahead, so two tiles
         # are in flight per thread; the last one is peeled off (nothing is read past it).
@@ -618,17 +633,17 @@ def _junction_partials_kernel(
                 raw = _load_body(row_ptrs, (i + 1) * BLOCK_V, BF16_WORDS, BLOCK_V)
                 m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
                     x, rows, rmask, start, end, col0 + i * BLOCK_V, m, m2, d, s, gate, best, kth, full,
-                    kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
+                    kth_val, gbest, floor, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
                     KEY_SHIFT, SORT_TILE, SAMPLE_FULL, False)
             m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
                 _unpack(raw, BF16_WORDS, ROWS, BLOCK_V), rows, rmask, start, end, col0 + (tail - 1) * BLOCK_V, m, m2,
-                d, s, gate, best, kth, full, kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT,
+                d, s, gate, best, kth, full, kth_val, gbest, floor, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT,
                 LOG_R, LOG_V, K_PAD, LOG_K, KEY_SHIFT, SORT_TILE, SAMPLE_FULL, False)
         for i in range(tl.maximum(tail, 1), n_tiles):
             x = _load_tile(row_ptrs, i * BLOCK_V, col0, start, end, ROWS, BLOCK_V)
             m, m2, d, s, gate, best, kth, full, kth_val, gbest = _tile(
                 x, rows, rmask, start, end, col0 + i * BLOCK_V, m, m2, d, s, gate, best, kth, full,
-                kth_val, gbest, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
+                kth_val, gbest, floor, k, t, sampling, any_sampling, seed, ROWS, NV, VEC, TT, LOG_R, LOG_V, K_PAD, LOG_K,
                 KEY_SHIFT, SORT_TILE, SAMPLE_FULL, True)
 
     if (tl.program_id(0) == 0) & (split == 0):
