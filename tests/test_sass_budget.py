@@ -46,7 +46,8 @@ def test_one_configuration_csv():
         float(part["issue_bound_us"]) + float(merge["issue_bound_us"]), rel=1e-3, abs=2e-3)
 
 
-def test_bad_arguments():
-    proc = subprocess.run([sys.executable, "bench/sass_budget.py", "--B", "0"], cwd=ROOT, capture_output=True,
+@pytest.mark.parametrize("args,name", [(["--B", "0"], "--B"), (["--logit-std", "0"], "--logit-std")])
+def test_bad_arguments(args, name):
+    proc = subprocess.run([sys.executable, "bench/sass_budget.py", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode != 0 and "--B" in proc.stderr
+    assert proc.returncode != 0 and name in proc.stderr
