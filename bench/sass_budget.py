@@ -43,11 +43,12 @@ Method
   element at full bandwidth; A100 SXM 80 GB (sm_80): 108 SMs, 1.41 GHz, 2.04 TB/s (~19).
 
 Limits: counts are static instructions on the chosen path (predicated-off instructions count,
-as they take an issue slot); the random-order model does not hold for sorted or adversarial
-rows (the selection then runs on every tile: correct, slower), and a tile holding a -inf logit
-(a masked vocabulary) takes the exact path, about twice the fast path's cost. The default scan settings are
-compiled (``entropy_scope="topk"``, ``sample_from="topk"``; ``--sample-from full`` compiles the
-full-vocabulary sampler, whose Philox noise costs ~100 instructions per element).
+as they take an issue slot); the selection model's iid logits do not stand for sorted or
+adversarial rows (the selection then runs on every tile: correct, slower), and a tile holding a
+-inf logit (a masked vocabulary) takes the exact path, about twice the fast path's cost. The
+default scan settings are compiled (``entropy_scope="topk"``, ``sample_from="topk"``;
+``--sample-from full`` compiles the full-vocabulary sampler, whose Philox noise costs ~100
+instructions per element).
 
     python bench/sass_budget.py                      # the whole table (a few minutes)
     python bench/sass_budget.py --arch 90 --B 64 --k 10 --dtype bf16 --V 151936 --csv
