@@ -379,11 +379,10 @@ def _extract_tile(x: np.ndarray, best: list, k: int, tt: int, floor: float) -> t
     """One row's tile ``x`` [nv, vec] through the kernel's selection, ``best`` (the kept
     values) updated in place: while the row holds fewer than k, ``floor`` (``_seed``'s) picks
     the hot vectors; once it holds k, the tile gate does (a vector whose sum of e^z reaches
-    e^(k-th best), less the 1e-4 margin). Rounds:
-    each of the ``tt`` slots gathers its next hot vector (vector v is slot v % tt's), the
-    candidates are those above the floor or the k-th best at the round's start; steps take
-    the largest while it beats the k-th best, a step whose slot holds another candidate
-    rescans it. Returns (rounds, steps, rescans)."""
+    e^(k-th best), less the 1e-4 margin). Rounds: each of the ``tt`` slots gathers its next
+    hot vector (vector v is slot v % tt's), the candidates are those above the floor or the
+    k-th best at the round's start; steps take the largest while it beats the k-th best, a
+    step whose slot holds another candidate rescans it. Returns (rounds, steps, rescans)."""
     nv = len(x)
     if len(best) < k:
         hot = x.max(1) >= floor

@@ -22,8 +22,8 @@ Spec: ``sia_kernels.reference.junction_scan_ref``. Public Triton API only; teste
    reduction over the threads and one over the k kept keys per candidate, no scratch memory);
    until a row holds k keys, only from the vectors whose maximum reaches the k-th largest
    vector maximum of the split's first two tiles (``_seed``): about k candidates, not every
-   logit of the first vectors. Larger K_PAD sorts the tile (bitonic). Partials go to small buffers ``[3, B, S]`` /
-   ``[B, S, K_PAD]``.
+   logit of the first vectors. Larger K_PAD sorts the tile (bitonic). Partials go to small
+   buffers ``[3, B, S]`` / ``[B, S, K_PAD]``.
 2. ``_junction_merge_kernel``, one program per block of rows: merges the S partials per row
    (lse, entropy, final top-k, gate, base token). The program that finishes last (an atomic
    ticket, a [1] i32 per device and stream that the partials kernel zeroes) compacts the junction
@@ -290,9 +290,15 @@ def _pick_vector(x4, pick, ROWS: tl.constexpr, REP: tl.constexpr, TT: tl.constex
 
 
 @triton.jit
-def _vector_mono(x, ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr):
-    """``_mono`` of each 16-byte vector's largest logit ([ROWS, NV * VEC] -> [ROWS, NV])."""
-    return _mono(tl.max(tl.reshape(x, [ROWS, NV, VEC]), 2))
+def _vector_max(x, ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr):
+    """Each 16-byte vector's largest logit ([ROWS, NV * VEC] -> [ROWS, NV])."""
+    return tl.max(tl.reshape(x, [ROWS, NV, VEC]), 2)
+
+
+@triton.jit
+def _count_at_least(u0, u1, t):
+    """Per row, how many entries of ``u0`` and ``u1`` [ROWS, NV] are >= ``t`` [ROWS]."""
+    return tl.sum(tl.where(u0 >= t[:, None], 1, 0) + tl.where(u1 >= t[:, None], 1, 0), 1)
 
 
 @triton.jit
@@ -307,23 +313,23 @@ def _seed(x0, x1, k, ROWS: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr):
     and the second tile starts from the first two's threshold). Where fewer than k vectors
     hold a logit above -inf: INT32_MIN (every logit). A binary search over the 16 monotone
     bits, one count over the slots each."""
-    v0 = tl.max(tl.reshape(x0, [ROWS, NV, VEC]), 2)  # masked lanes and -inf logits: -inf
-    v1 = tl.max(tl.reshape(x1, [ROWS, NV, VEC]), 2)
+    v0 = _vector_max(x0, ROWS, NV, VEC)  # masked lanes and -inf logits: -inf
+    v1 = _vector_max(x1, ROWS, NV, VEC)
     u0 = tl.where(v0 > float("-inf"), _mono(v0) >> 16, -32768)  # -inf: -32641; -32768: never counted
     u1 = tl.where(v1 > float("-inf"), _mono(v1) >> 16, -32768)
     lo = tl.full([ROWS], -32767, tl.int32)
     hi = tl.full([ROWS], 32767, tl.int32)
     for _ in tl.static_range(16):  # the answer stays in [lo, hi] (if count(lo) >= k at all)
         mid = lo + ((hi - lo + 1) >> 1)
-        ok = tl.sum(tl.where(u0 >= mid[:, None], 1, 0) + tl.where(u1 >= mid[:, None], 1, 0), 1) >= k
+        ok = _count_at_least(u0, u1, mid) >= k
         lo = tl.where(ok, mid, lo)
         hi = tl.where(ok, hi, mid - 1)
-    found = tl.sum(tl.where(u0 >= lo[:, None], 1, 0) + tl.where(u1 >= lo[:, None], 1, 0), 1) >= k
+    found = _count_at_least(u0, u1, lo) >= k
     return tl.where(found, (lo << 16) - 1, -(2**31))
 
 
 @triton.jit
-def _extract(best, kth, full, kth_val, floor, x, hot, col0, start, end,
+def _extract(best, kth, full, floor, x, hot, col0, start, end,
              ROWS: tl.constexpr, REP: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
              KEY_SHIFT: tl.constexpr, LOG_V: tl.constexpr, MASKED: tl.constexpr):
     """Fold the tile's logits ``x`` [ROWS, BLOCK_V] that can enter the rows' top-k into ``best``
@@ -388,9 +394,8 @@ def _extract(best, kth, full, kth_val, floor, x, hot, col0, start, end,
             gk = _slot_key_global(c, col0, KEY_SHIFT, LOG_V)
             viable = (c > empty) & (gk > kth)
         full = kth > _KEY_PAD + _KEPT
-        kth_val = tl.where(full, _key_value(kth), float("-inf"))
         hot3 = hot3 & ~sel
-    return best, kth, full, kth_val
+    return best, kth, full, tl.where(full, _key_value(kth), float("-inf"))
 
 
 @triton.jit
@@ -493,9 +498,9 @@ def _tile(x, rows, rmask, start, end, col0, m, m2, d, s, gate, best, kth, full, 
             gate_now = tl.where(full, tl.exp2(tl.fma(kth_val, _LOG2E, -m2)) * _GATE_MARGIN, 0.0)
             hot = ~(d_t < gate_now[:, None]) & rmask[:, None]
             if tl.max((~full & rmask).to(tl.int32)) > 0:  # short of k keys: vectors reaching the floor
-                hot = hot & (full[:, None] | (_vector_mono(x, ROWS, NV, VEC) > floor[:, None]))
-            best, kth, full, kth_val = _extract(best, kth, full, kth_val, floor, x, hot, col0, start,
-                                                end, ROWS, NV // TT, TT, VEC, KEY_SHIFT, LOG_V, MASKED)
+                hot = hot & (full[:, None] | (_mono(_vector_max(x, ROWS, NV, VEC)) > floor[:, None]))
+            best, kth, full, kth_val = _extract(best, kth, full, floor, x, hot, col0, start, end,
+                                                ROWS, NV // TT, TT, VEC, KEY_SHIFT, LOG_V, MASKED)
         # The next tiles take the fast path while every vector sum stays below both e^_SLACK
         # (no overflow; after a move a sum needs a logit above m + _MOVE to reach it) and
         # 2^(y of the k-th best) (less a margin for rounding): a sum bounds each of its terms.
